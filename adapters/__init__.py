@@ -1,0 +1,1 @@
+"""Compatibility transformations between embedding spaces (filled by the adapters work)."""

@@ -1,0 +1,125 @@
+"""The narrow interface every vector-index backend implements.
+
+The service talks to indexes only through `IndexBackend`, so FAISS (embedded, default) and a
+distributed engine (e.g. Milvus) are interchangeable. A backend stores *partitions*: one per
+(collection, model version), each holding vectors of one dimension under integer ids chosen by the
+caller. Writes to one collection are applied atomically with respect to searches of that
+collection, so a search never sees an item half-moved between partitions.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Metric = Literal["cosine", "ip", "l2"]
+IndexKind = Literal["flat", "hnsw", "ivf"]
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class PartitionKey:
+    """Identifies one partition: a collection and the model version its vectors were made by."""
+
+    collection: str
+    model: str
+
+    def __post_init__(self) -> None:
+        for part in (self.collection, self.model):
+            if not _SAFE_NAME.match(part) or part in {".", ".."}:
+                raise ValueError(f"partition key part {part!r} must match {_SAFE_NAME.pattern}")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How a partition is indexed. `flat` is exact; `hnsw` and `ivf` trade recall for speed."""
+
+    kind: IndexKind = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64
+    ivf_nlist: int = 0  # 0 = choose from the partition size when training (about 4·sqrt(n))
+    ivf_nprobe: int = 16
+    ivf_train_min: int = 10_000  # below this many vectors an IVF partition stays exact (flat)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> IndexSpec:
+        return cls(**dict(data or {}))
+
+
+@dataclass
+class SearchResult:
+    """`scores[i, j]` is higher-is-better for every metric (negated squared distance for l2);
+    `ids[i, j]` is -1 where fewer than k vectors matched."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+
+
+@dataclass
+class PartitionWrite:
+    """Changes to one partition: ids to remove, then ids/vectors to add (applied in that order)."""
+
+    remove: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    add_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    add_vectors: np.ndarray | None = None
+
+
+class IndexBackend(ABC):
+    """Partitions of vectors, searched and mutated under per-collection consistency."""
+
+    @abstractmethod
+    def ensure_partition(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> None:
+        """Create the partition if it does not exist (idempotent)."""
+
+    @abstractmethod
+    def drop_partition(self, key: PartitionKey) -> None:
+        """Forget the partition and its persisted state."""
+
+    @abstractmethod
+    def has_partition(self, key: PartitionKey) -> bool: ...
+
+    @abstractmethod
+    def partitions(self, collection: str | None = None) -> list[PartitionKey]: ...
+
+    @abstractmethod
+    def count(self, key: PartitionKey) -> int:
+        """Number of live vectors in the partition."""
+
+    @abstractmethod
+    def live_ids(self, key: PartitionKey) -> np.ndarray:
+        """Sorted int64 ids of the live vectors (used to reconcile with the store)."""
+
+    @abstractmethod
+    def apply(self, collection: str, writes: Mapping[str, PartitionWrite]) -> None:
+        """Apply writes to several partitions of one collection atomically w.r.t. its searches.
+
+        `writes` maps model -> changes. Added ids must not be live in the partition already.
+        """
+
+    @abstractmethod
+    def search(
+        self, collection: str, queries: Mapping[str, np.ndarray], k: int
+    ) -> dict[str, SearchResult]:
+        """Search several partitions of one collection against one consistent state.
+
+        `queries` maps model -> (n, dim) float32 queries already in that partition's space.
+        """
+
+    @abstractmethod
+    def persist(self, key: PartitionKey, seq: int) -> None:
+        """Write a durable snapshot of the partition, tagged with the store's change counter."""
+
+    @abstractmethod
+    def restore(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> int | None:
+        """Load the partition's snapshot; return its tag, or None when there is no usable one."""
+

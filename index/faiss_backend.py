@@ -1,0 +1,159 @@
+"""Embedded FAISS backend: partitions in memory, snapshots on local disk.
+
+Consistency: each collection has a readers/writer lock. `apply` holds it exclusively while it
+changes any of the collection's partitions, and `search` holds it shared across all partitions it
+reads, so a query never sees a half-applied batch or an item in two partitions at once.
+
+Durability is not this module's job: the service's database is the source of truth and snapshots
+are a start-up accelerator. A snapshot is one file written to a temporary name, fsynced and renamed,
+so a crash leaves either the old or the new snapshot, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.backend import IndexBackend, IndexSpec, Metric, PartitionKey, PartitionWrite, SearchResult
+from index.faiss_partition import FaissPartition
+from index.gpu import Device, GpuReplicator, resolve_device
+from index.rwlock import ReadWriteLock
+
+
+class FaissBackend(IndexBackend):
+    def __init__(self, directory: Path | str | None = None, device: Device = "cpu", threads: int | None = None):
+        self.directory = Path(directory) if directory is not None else None
+        self.device = resolve_device(device)
+        self._gpu = GpuReplicator() if self.device == "cuda" else None
+        self._gpu_replicas: dict[PartitionKey, faiss.Index] = {}
+        if threads is not None:
+            faiss.omp_set_num_threads(threads)
+        self._partitions: dict[PartitionKey, FaissPartition] = {}
+        self._locks: dict[str, ReadWriteLock] = {}
+        self._registry_lock = threading.Lock()
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def _lock(self, collection: str) -> ReadWriteLock:
+        with self._registry_lock:
+            lock = self._locks.get(collection)
+            if lock is None:
+                lock = self._locks[collection] = ReadWriteLock()
+            return lock
+
+    def _partition(self, key: PartitionKey) -> FaissPartition:
+        try:
+            return self._partitions[key]
+        except KeyError:
+            raise KeyError(f"no partition {key.collection}/{key.model}") from None
+
+    def _snapshot_path(self, key: PartitionKey) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / key.collection / f"{key.model}.npz"
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def ensure_partition(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> None:
+        with self._lock(key.collection).write():
+            existing = self._partitions.get(key)
+            if existing is not None:
+                if (existing.dim, existing.metric, existing.spec) != (dim, metric, spec):
+                    raise ValueError(f"partition {key} exists with another configuration")
+                return
+            self._partitions[key] = FaissPartition(dim, metric, spec)
+
+    def drop_partition(self, key: PartitionKey) -> None:
+        with self._lock(key.collection).write():
+            self._partitions.pop(key, None)
+            self._gpu_replicas.pop(key, None)
+            path = self._snapshot_path(key)
+            if path is not None and path.exists():
+                path.unlink()
+
+    def has_partition(self, key: PartitionKey) -> bool:
+        return key in self._partitions
+
+    def partitions(self, collection: str | None = None) -> list[PartitionKey]:
+        keys = list(self._partitions)
+        return [k for k in keys if collection is None or k.collection == collection]
+
+    def count(self, key: PartitionKey) -> int:
+        with self._lock(key.collection).read():
+            return len(self._partition(key))
+
+    def live_ids(self, key: PartitionKey) -> np.ndarray:
+        with self._lock(key.collection).read():
+            return self._partition(key).live_ids()
+
+    # ---- data ---------------------------------------------------------------------------------
+    def apply(self, collection: str, writes: Mapping[str, PartitionWrite]) -> None:
+        keys = {model: PartitionKey(collection, model) for model in writes}
+        with self._lock(collection).write():
+            parts = {model: self._partition(key) for model, key in keys.items()}  # fail before mutating
+            for model, write in writes.items():
+                parts[model].remove(write.remove)
+            for model, write in writes.items():
+                if len(write.add_ids):
+                    parts[model].add(write.add_ids, write.add_vectors)
+                self._gpu_replicas.pop(keys[model], None)
+
+    def search(self, collection: str, queries: Mapping[str, np.ndarray], k: int) -> dict[str, SearchResult]:
+        with self._lock(collection).read():
+            out: dict[str, SearchResult] = {}
+            for model, q in queries.items():
+                key = PartitionKey(collection, model)
+                part = self._partition(key)
+                replica = self._gpu_replica(key, part) if self._gpu is not None else None
+                out[model] = part.search(q, k, via=replica)
+            return out
+
+    def _gpu_replica(self, key: PartitionKey, part: FaissPartition) -> faiss.Index | None:
+        if part.tombstones or len(part) == 0:
+            return None
+        replica = self._gpu_replicas.get(key)
+        if replica is None:
+            replica = self._gpu.replicate(part.index)
+            if replica is not None:
+                self._gpu_replicas[key] = replica
+        return replica
+
+    # ---- persistence --------------------------------------------------------------------------
+    def persist(self, key: PartitionKey, seq: int) -> None:
+        path = self._snapshot_path(key)
+        if path is None:
+            return
+        with self._lock(key.collection).read():
+            blob = self._partition(key).to_bytes(seq)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    def restore(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> int | None:
+        path = self._snapshot_path(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            part, tag = FaissPartition.from_bytes(path.read_bytes(), dim, metric, spec)
+        except Exception:  # corrupt or foreign snapshot: the caller rebuilds from the store
+            return None
+        with self._lock(key.collection).write():
+            self._partitions[key] = part
+            self._gpu_replicas.pop(key, None)
+        return tag
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

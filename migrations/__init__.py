@@ -1,0 +1,1 @@
+"""Alembic migrations for the nobackfill schema (applied automatically at service start)."""

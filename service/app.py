@@ -1,0 +1,108 @@
+"""FastAPI application factory: wires storage, registry, indexes and routes together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from index import FaissBackend
+from service.body_limit import BodyLimitMiddleware
+from service.db import make_engine, migrate
+from service.errors import ApiError
+from service.gallery import Gallery
+from service.index_sync import SnapshotScheduler, load_all
+from service.registry import Registry
+from service.routes import collections, health, models
+from service.settings import Settings, get_settings
+from service.store import Store
+
+log = logging.getLogger("nobackfill")
+
+
+def _field_path(loc: tuple) -> str:
+    """('body', 'items', 3, 'vector') -> 'items[3].vector'."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _field_path(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()[:20]]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"error": "invalid", "detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                413: "too_large"}.get(exc.status_code, "error")
+        return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url, settings.sqlite_synchronous)
+        migrate(engine)
+        store = Store(engine)
+        registry = Registry(store, settings.max_dim)
+        backend = FaissBackend(settings.index_dir, device=settings.device, threads=settings.faiss_threads)
+        gallery = Gallery(store, registry, backend)
+        scheduler = SnapshotScheduler(store, backend, settings.snapshot_every_changes,
+                                      settings.snapshot_interval_seconds)
+        app.state.store, app.state.registry, app.state.gallery = store, registry, gallery
+        app.state.backend, app.state.scheduler, app.state.load_error = backend, scheduler, None
+        log.info("nobackfill starting: database=%s device=%s", engine.url.render_as_string(hide_password=True),
+                 backend.device)
+
+        def load() -> None:
+            try:
+                load_all(store, backend, gallery.model_dims(), scheduler)
+                gallery.ready.set()
+                scheduler.start()
+            except Exception as exc:  # surfaced through /readyz
+                log.exception("loading indexes failed")
+                app.state.load_error = type(exc).__name__
+
+        loader = threading.Thread(target=load, name="nobackfill-index-load", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            loader.join(timeout=60)
+            if gallery.ready.is_set():
+                scheduler.stop(final_snapshot=True)
+            engine.dispose()
+
+    app = FastAPI(
+        title="nobackfill",
+        version="0.1.0",
+        description="Backfill-free embedding model upgrades: register encoders, host galleries, query across versions.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(collections.router)
+    return app

@@ -1,0 +1,205 @@
+"""Gallery operations: durable writes mirrored into the index, and queries over partitions.
+
+Write path (per collection, serialised by a lock so the index sees changes in commit order):
+1. validate everything, 2. commit the batch to the database (this is the durability point),
+3. mirror it into the index atomically (remove replaced vectors, add new ones).
+If the process dies between 2 and 3, start-up reconciliation (`service.index_sync`) repairs the
+index from the database, so an acknowledged write is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from index import IndexBackend, IndexSpec, PartitionKey
+from index.backend import PartitionWrite
+from service.errors import Conflict, Invalid, NotFound, Unavailable
+from service.index_sync import partition_key, reconcile_collection
+from service.registry import Registry
+from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoredHit:
+    key: str
+    score: float
+    model_id: int
+    payload: dict | None
+
+
+@dataclass
+class QueryOutcome:
+    hits: list[list[ScoredHit]]
+    searched: dict[int, int] = field(default_factory=dict)  # model id -> items
+    skipped: dict[int, int] = field(default_factory=dict)
+
+
+class Gallery:
+    def __init__(self, store: Store, registry: Registry, backend: IndexBackend) -> None:
+        self.store = store
+        self.registry = registry
+        self.backend = backend
+        self.ready = threading.Event()
+        self._write_locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.on_write = None  # set by index_sync to learn about changes (snapshot scheduling)
+
+    def write_lock(self, collection_id: int) -> threading.Lock:
+        with self._locks_guard:
+            return self._write_locks.setdefault(collection_id, threading.Lock())
+
+    def ensure_partition(self, collection: CollectionRecord, model: ModelRecord) -> PartitionKey:
+        key = partition_key(collection.id, model.id)
+        self.backend.ensure_partition(key, model.dim, model.metric, IndexSpec.from_dict(collection.index_spec))
+        return key
+
+    def model_dims(self) -> dict[int, tuple[int, str]]:
+        return {m.id: (m.dim, m.metric) for m in self.registry.models()}
+
+    def _require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise Unavailable("indexes are still loading; retry shortly")
+
+    # ---- writes -------------------------------------------------------------------------------
+    def upsert(
+        self,
+        collection: CollectionRecord,
+        model: ModelRecord,
+        keys: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict | None],
+    ) -> UpsertOutcome:
+        self._require_ready()
+        if not keys:
+            raise Invalid("must contain at least one item", "items")
+        seen: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key in seen:
+                raise Invalid(f"id {key!r} appears twice in one batch (also at items[{seen[key]}])", f"items[{i}].id")
+            seen[key] = i
+        with self.write_lock(collection.id):
+            target = self.ensure_partition(collection, model)
+            outcome = self.store.upsert_items(collection.id, model.id, keys, vectors, payloads)
+            writes: dict[str, PartitionWrite] = {}
+            for old_model_id, old_seqs in outcome.replaced.items():
+                old_key = partition_key(collection.id, old_model_id)
+                if self.backend.has_partition(old_key):
+                    writes.setdefault(old_key.model, PartitionWrite()).remove = old_seqs
+            write = writes.setdefault(target.model, PartitionWrite())
+            write.add_ids, write.add_vectors = outcome.seqs, vectors
+            self._mirror(collection, writes)
+        return outcome
+
+    def delete(self, collection: CollectionRecord, key: str) -> None:
+        self._require_ready()
+        with self.write_lock(collection.id):
+            removed = self.store.delete_item(collection.id, key)
+            if removed is None:
+                raise NotFound(f"no item {key!r} in collection {collection.name!r}", "id")
+            model_id, seq = removed
+            pkey = partition_key(collection.id, model_id)
+            if self.backend.has_partition(pkey):
+                self._mirror(collection, {pkey.model: PartitionWrite(remove=np.array([seq], dtype=np.int64))})
+
+    def _mirror(self, collection: CollectionRecord, writes: dict[str, PartitionWrite]) -> None:
+        """Apply committed changes to the index; on failure rebuild the collection from the store."""
+        try:
+            self.backend.apply(f"c{collection.id}", writes)
+        except Exception:
+            log.exception("index update failed for collection %s; reconciling from the store", collection.name)
+            reconcile_collection(self.store, self.backend, collection, self.model_dims())
+        if self.on_write is not None:
+            self.on_write(collection.id)
+
+    # ---- reads --------------------------------------------------------------------------------
+    def get_item(self, collection: CollectionRecord, key: str) -> ItemRecord:
+        dims = {mid: dim for mid, (dim, _metric) in self.model_dims().items()}
+        item = self.store.get_item(collection.id, key, dims)
+        if item is None:
+            raise NotFound(f"no item {key!r} in collection {collection.name!r}", "id")
+        return item
+
+    def partition_sizes(self, collection: CollectionRecord) -> dict[int, int]:
+        """Live vectors per model id, as the index currently holds them."""
+        sizes = {}
+        for pkey in self.backend.partitions(f"c{collection.id}"):
+            n = self.backend.count(pkey)
+            if n:
+                sizes[int(pkey.model[1:])] = n
+        return sizes
+
+    def query(
+        self,
+        collection: CollectionRecord,
+        model: ModelRecord,
+        queries: np.ndarray,
+        k: int,
+        include_payload: bool = True,
+    ) -> QueryOutcome:
+        """Search every partition comparable with the query model and merge into one ranking.
+
+        Without a trained transformation only the query model's own partition is comparable;
+        partitions in other models are reported as skipped rather than searched with garbage.
+        """
+        self._require_ready()
+        sizes = self.partition_sizes(collection)
+        searchable = {mid: n for mid, n in sizes.items() if mid == model.id}
+        skipped = {mid: n for mid, n in sizes.items() if mid != model.id}
+        if not searchable and skipped:
+            names = ", ".join(self.registry.model_by_id(m).name for m in skipped)
+            raise Conflict(
+                f"collection {collection.name!r} holds no vectors in model {model.name!r} and there is no "
+                f"trained transformation from {model.name!r} to its stored models ({names})",
+                "model",
+            )
+        outcome = QueryOutcome(hits=[[] for _ in range(len(queries))], searched=searchable, skipped=skipped)
+        if not searchable:
+            return outcome
+        results = self.backend.search(
+            f"c{collection.id}", {partition_key(collection.id, mid).model: queries for mid in searchable}, k
+        )
+        merged = _merge(results, k)
+        wanted = sorted({int(s) for row in merged for _, s, _ in row})
+        records = self.store.hits_by_seq(collection.id, wanted, include_payload) if wanted else {}
+        for qi, row in enumerate(merged):
+            outcome.hits[qi] = _resolve(row, records, k)
+        return outcome
+
+
+def _merge(results: dict, k: int) -> list[list[tuple[float, int, str]]]:
+    """Merge per-partition top-k lists into one best-first list per query (score, seq, partition)."""
+    models = list(results)
+    scores = np.concatenate([results[m].scores for m in models], axis=1)
+    ids = np.concatenate([results[m].ids for m in models], axis=1)
+    owner = np.concatenate([np.full(results[m].ids.shape[1], i) for i, m in enumerate(models)])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : k * 2]  # spare rows cover stale hits
+    merged = []
+    for qi in range(scores.shape[0]):
+        row = []
+        for j in order[qi]:
+            if ids[qi, j] >= 0:
+                row.append((float(scores[qi, j]), int(ids[qi, j]), models[owner[j]]))
+        merged.append(row)
+    return merged
+
+
+def _resolve(row: list[tuple[float, int, str]], records: dict[int, HitRecord], k: int) -> list[ScoredHit]:
+    """Turn (score, seq) pairs into hits, dropping vectors replaced since the search and duplicate ids."""
+    hits: list[ScoredHit] = []
+    seen: set[str] = set()
+    for score, seq, _partition in row:
+        rec = records.get(seq)
+        if rec is None or rec.key in seen:
+            continue
+        seen.add(rec.key)
+        hits.append(ScoredHit(rec.key, score, rec.model_id, rec.payload))
+        if len(hits) == k:
+            break
+    return hits

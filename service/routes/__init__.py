@@ -1,0 +1,1 @@
+"""HTTP routes: thin translations between JSON and the application layer."""

@@ -1,0 +1,182 @@
+"""/v1/collections: galleries, their items, and queries against them."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Depends, Response, status
+
+from index import IndexSpec
+from service import deps
+from service.auth import require_admin, require_reader
+from service.errors import Invalid, TooLarge
+from service.gallery import Gallery, QueryOutcome
+from service.registry import Registry
+from service.schemas import (
+    CollectionCreate,
+    CollectionOut,
+    Hit,
+    IndexOptions,
+    ItemOut,
+    PartitionReport,
+    QueryOut,
+    QueryRequest,
+    QueryResult,
+    UpsertOut,
+    UpsertRequest,
+)
+from service.settings import Settings
+from service.store import CollectionRecord
+from service.vectors import check_matrix, decode_b64, stack_rows
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+
+def collection_out(collection: CollectionRecord, registry: Registry) -> CollectionOut:
+    counts = registry.store.item_counts(collection.id)
+    return CollectionOut(
+        name=collection.name,
+        model=registry.model_by_id(collection.base_model_id).name,
+        index=IndexOptions(**collection.index_spec),
+        items=sum(counts.values()),
+        items_per_model={registry.model_by_id(mid).name: n for mid, n in counts.items()},
+        created_at=collection.created_at,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut,
+             dependencies=[Depends(require_admin)])
+def create_collection(body: CollectionCreate, registry: Registry = Depends(deps.registry)) -> CollectionOut:
+    spec = IndexSpec.from_dict(body.index.model_dump())
+    return collection_out(registry.create_collection(body.name, body.model, spec), registry)
+
+
+@router.get("", response_model=list[CollectionOut], dependencies=[Depends(require_reader)])
+def list_collections(registry: Registry = Depends(deps.registry)) -> list[CollectionOut]:
+    return [collection_out(c, registry) for c in registry.collections()]
+
+
+@router.get("/{name}", response_model=CollectionOut, dependencies=[Depends(require_reader)])
+def get_collection(name: str, registry: Registry = Depends(deps.registry)) -> CollectionOut:
+    return collection_out(registry.collection(name), registry)
+
+
+# ---- items ---------------------------------------------------------------------------------------
+@router.post("/{name}/items", response_model=UpsertOut, dependencies=[Depends(require_admin)])
+def upsert_items(
+    name: str,
+    body: UpsertRequest,
+    registry: Registry = Depends(deps.registry),
+    gallery: Gallery = Depends(deps.gallery),
+    settings: Settings = Depends(deps.settings),
+) -> UpsertOut:
+    collection = registry.collection(name)
+    model = registry.model_for_collection(collection, body.model)
+    if len(body.items) > settings.max_batch_items:
+        raise TooLarge(f"has {len(body.items)} items; the limit is {settings.max_batch_items}", "items")
+    fields, rows = [], []
+    for i, item in enumerate(body.items):
+        if item.vector_b64 is not None:
+            fields.append(f"items[{i}].vector_b64")
+            rows.append(decode_b64(item.vector_b64, fields[-1]))
+        else:
+            fields.append(f"items[{i}].vector")
+            rows.append(np.asarray(item.vector, dtype=np.float32))
+    vectors = stack_rows(rows, model.dim, fields)
+    outcome = gallery.upsert(
+        collection, model, [it.id for it in body.items], vectors, [it.payload for it in body.items]
+    )
+    return UpsertOut(model=model.name, received=len(body.items), created=outcome.created, updated=outcome.updated)
+
+
+@router.get("/{name}/items/{item_id:path}", response_model=ItemOut, dependencies=[Depends(require_reader)])
+def get_item(
+    name: str,
+    item_id: str,
+    include_vector: bool = False,
+    registry: Registry = Depends(deps.registry),
+    gallery: Gallery = Depends(deps.gallery),
+) -> ItemOut:
+    item = gallery.get_item(registry.collection(name), item_id)
+    return ItemOut(
+        id=item.key,
+        model=registry.model_by_id(item.model_id).name,
+        payload=item.payload,
+        updated_at=item.updated_at,
+        vector=item.vector.tolist() if include_vector else None,
+    )
+
+
+@router.delete("/{name}/items/{item_id:path}", status_code=status.HTTP_204_NO_CONTENT,
+               dependencies=[Depends(require_admin)])
+def delete_item(
+    name: str, item_id: str, registry: Registry = Depends(deps.registry), gallery: Gallery = Depends(deps.gallery)
+) -> Response:
+    gallery.delete(registry.collection(name), item_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ---- queries -------------------------------------------------------------------------------------
+def _query_matrix(body: QueryRequest, dim: int, max_batch: int) -> np.ndarray:
+    if body.vector is not None:
+        matrix, field = np.asarray([body.vector], dtype=np.float32), "vector"
+    elif body.vector_b64 is not None:
+        matrix, field = decode_b64(body.vector_b64, "vector_b64")[None, :], "vector_b64"
+    elif body.vectors is not None:
+        field = "vectors"
+        widths = {len(v) for v in body.vectors}
+        if len(widths) > 1:
+            bad = next(i for i, v in enumerate(body.vectors) if len(v) != dim)
+            return check_matrix(np.asarray([body.vectors[bad]], dtype=np.float32), dim, f"vectors[{bad}]")
+        matrix = np.asarray(body.vectors, dtype=np.float32).reshape(len(body.vectors), -1)
+    else:
+        field = "vectors_b64"
+        flat = decode_b64(body.vectors_b64, field)
+        if flat.size % dim:
+            raise Invalid(f"holds {flat.size} values, not a multiple of the model dimension {dim}", field)
+        matrix = flat.reshape(-1, dim)
+    if len(matrix) == 0:
+        raise Invalid("must contain at least one query vector", field)
+    if len(matrix) > max_batch:
+        raise TooLarge(f"has {len(matrix)} query vectors; the limit is {max_batch}", field)
+    return check_matrix(matrix, dim, field)
+
+
+@router.post("/{name}/query", response_model=QueryOut, response_model_exclude_none=True,
+             dependencies=[Depends(require_reader)])
+def query(
+    name: str,
+    body: QueryRequest,
+    registry: Registry = Depends(deps.registry),
+    gallery: Gallery = Depends(deps.gallery),
+    settings: Settings = Depends(deps.settings),
+) -> QueryOut:
+    collection = registry.collection(name)
+    model = registry.model_for_collection(collection, body.model)
+    queries = _query_matrix(body, model.dim, settings.max_query_batch)
+    outcome = gallery.query(collection, model, queries, body.k, body.include_payload)
+    return _query_out(body, model.name, outcome, registry)
+
+
+def _query_out(body: QueryRequest, model_name: str, outcome: QueryOutcome, registry: Registry) -> QueryOut:
+    names = {}
+
+    def name_of(model_id: int) -> str:
+        if model_id not in names:
+            names[model_id] = registry.model_by_id(model_id).name
+        return names[model_id]
+
+    results = [
+        QueryResult(hits=[Hit(id=h.key, score=h.score, model=name_of(h.model_id), payload=h.payload) for h in row])
+        for row in outcome.hits
+    ]
+    searched = [PartitionReport(model=name_of(m), items=n) for m, n in outcome.searched.items()]
+    skipped = [
+        PartitionReport(model=name_of(m), items=n, reason=f"no trained transformation from {model_name!r}")
+        for m, n in outcome.skipped.items()
+    ]
+    out = QueryOut(model=model_name, k=body.k, searched=searched, skipped=skipped)
+    if body.is_batch:
+        out.results = results
+    else:
+        out.hits = results[0].hits
+    return out

@@ -1,0 +1,144 @@
+"""Request and response bodies of the HTTP API (pydantic), with their limits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+Name = Field(pattern=NAME_PATTERN, description="Letters, digits and _ . : @ -, up to 128 characters.")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- models ------------------------------------------------------------------------------------
+class ModelCreate(_Strict):
+    name: str = Name
+    dim: int = Field(ge=1, description="Embedding dimension.")
+    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    successor_of: str | None = Field(None, description="Name of the model version this one upgrades.")
+    description: str | None = Field(None, max_length=4_000)
+
+
+class ModelOut(BaseModel):
+    name: str
+    dim: int
+    metric: str
+    successor_of: str | None
+    description: str | None
+    created_at: datetime
+    lineage: list[str] = Field(description="Every model of this model's lineage, oldest first.")
+
+
+# ---- collections -------------------------------------------------------------------------------
+class IndexOptions(_Strict):
+    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = Field(32, ge=4, le=128)
+    hnsw_ef_construction: int = Field(80, ge=8, le=2_000)
+    hnsw_ef_search: int = Field(64, ge=1, le=4_096)
+    ivf_nlist: int = Field(0, ge=0, le=1_000_000, description="0 = about 4·sqrt(n) at training time.")
+    ivf_nprobe: int = Field(16, ge=1, le=65_536)
+    ivf_train_min: int = Field(10_000, ge=100, description="Exact search until this many vectors.")
+
+
+class CollectionCreate(_Strict):
+    name: str = Name
+    model: str = Field(description="The model version the collection's vectors start in.")
+    index: IndexOptions = Field(default_factory=IndexOptions)
+
+
+class CollectionOut(BaseModel):
+    name: str
+    model: str
+    index: IndexOptions
+    items: int
+    items_per_model: dict[str, int]
+    created_at: datetime
+
+
+# ---- items -------------------------------------------------------------------------------------
+class ItemIn(_Strict):
+    id: str = Field(min_length=1, max_length=512)
+    vector: list[float] | None = None
+    vector_b64: str | None = Field(None, description="Base64 of little-endian float32 values.")
+    payload: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_vector(self) -> ItemIn:
+        if (self.vector is None) == (self.vector_b64 is None):
+            raise ValueError("give exactly one of vector or vector_b64")
+        return self
+
+
+class UpsertRequest(_Strict):
+    model: str
+    items: list[ItemIn]
+
+
+class UpsertOut(BaseModel):
+    model: str
+    received: int
+    created: int
+    updated: int
+
+
+class ItemOut(BaseModel):
+    id: str
+    model: str
+    payload: dict[str, Any] | None
+    updated_at: datetime
+    vector: list[float] | None = None
+
+
+# ---- queries -----------------------------------------------------------------------------------
+class QueryRequest(_Strict):
+    model: str = Field(description="The model version that embedded the query.")
+    vector: list[float] | None = None
+    vector_b64: str | None = None
+    vectors: list[list[float]] | None = Field(None, description="A batch of queries.")
+    vectors_b64: str | None = Field(None, description="A batch: base64 of n·dim little-endian float32.")
+    k: int = Field(10, ge=1, le=1_000)
+    include_payload: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> QueryRequest:
+        given = [f for f in ("vector", "vector_b64", "vectors", "vectors_b64") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of vector, vector_b64, vectors, vectors_b64")
+        return self
+
+    @property
+    def is_batch(self) -> bool:
+        return self.vectors is not None or self.vectors_b64 is not None
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(description="Higher is better: cosine, inner product, or -squared L2.")
+    model: str = Field(description="Model version of the stored vector that matched.")
+    payload: dict[str, Any] | None = None
+
+
+class PartitionReport(BaseModel):
+    model: str
+    items: int
+    reason: str | None = None
+
+
+class QueryResult(BaseModel):
+    hits: list[Hit]
+
+
+class QueryOut(BaseModel):
+    model: str
+    k: int
+    hits: list[Hit] | None = None
+    results: list[QueryResult] | None = None
+    searched: list[PartitionReport]
+    skipped: list[PartitionReport] = Field(
+        description="Partitions with items this query could not be compared with (no path yet)."
+    )

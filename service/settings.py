@@ -1,0 +1,61 @@
+"""Service configuration, read from environment variables prefixed `NOBACKFILL_`.
+
+One place for every knob so that deployments (Docker, CI, a laptop) differ only by environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NOBACKFILL_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Where the SQLite file and index snapshots live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is a SQLite file under data_dir."
+    )
+    api_key: SecretStr | None = Field(None, description="When set, writes and admin calls need it.")
+    read_requires_key: bool = Field(
+        False, description="When true, reads and queries need the API key too (closed deployment)."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    faiss_threads: int = Field(
+        1, ge=1, description="OpenMP threads per FAISS search; 1 wins for one-query-per-request serving."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_batch_items: int = Field(10_000, ge=1, description="Largest upsert batch (items per request).")
+    max_query_batch: int = Field(1_024, ge=1, description="Largest number of query vectors per request.")
+    max_dim: int = Field(8_192, ge=1, description="Largest embedding dimension a model may declare.")
+    snapshot_every_changes: int = Field(
+        50_000, ge=1, description="Write an index snapshot after this many changes to a collection."
+    )
+    snapshot_interval_seconds: float = Field(
+        30.0, gt=0, description="How often the snapshot thread checks whether a snapshot is due."
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL fsyncs every commit (survives power loss); NORMAL survives process crashes."
+    )
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'nobackfill.db').resolve()}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,267 @@
+"""The storage module: every SQL statement of the service lives here.
+
+The rest of the service deals in plain dataclasses and numpy arrays, so the database (SQLite or
+PostgreSQL) can change without touching routes or application logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db_models import Collection, Item, ModelVersion, utcnow
+
+_IN_CHUNK = 500  # keep IN (...) lists well under every driver's parameter limit
+VECTOR_DTYPE = np.dtype("<f4")
+
+
+class AlreadyExists(Exception):
+    """A unique name is taken."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    id: int
+    name: str
+    dim: int
+    metric: str
+    successor_of_id: int | None
+    description: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CollectionRecord:
+    id: int
+    name: str
+    base_model_id: int
+    index_spec: dict
+    seq: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    key: str
+    model_id: int
+    seq: int
+    vector: np.ndarray
+    payload: dict | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class HitRecord:
+    key: str
+    model_id: int
+    payload: dict | None
+
+
+@dataclass(frozen=True)
+class UpsertOutcome:
+    """What one committed upsert changed: new vector ids, and the ids it made obsolete per model."""
+
+    seqs: np.ndarray
+    created: int
+    updated: int
+    replaced: dict[int, np.ndarray]
+
+
+def encode_vector(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype=VECTOR_DTYPE).tobytes()
+
+
+def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.empty((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), dim).astype(np.float32)
+
+
+def _chunks(seq: Sequence, size: int = _IN_CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def _model(row: ModelVersion) -> ModelRecord:
+    return ModelRecord(row.id, row.name, row.dim, row.metric, row.successor_of_id, row.description, row.created_at)
+
+
+def _collection(row: Collection) -> CollectionRecord:
+    return CollectionRecord(row.id, row.name, row.base_model_id, dict(row.index_spec or {}), row.seq, row.created_at)
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def ping(self) -> None:
+        with self._sessions() as s:
+            s.execute(select(1))
+
+    # ---- models -------------------------------------------------------------------------------
+    def create_model(
+        self, name: str, dim: int, metric: str, successor_of_id: int | None, description: str | None
+    ) -> ModelRecord:
+        with self._sessions.begin() as s:
+            row = ModelVersion(
+                name=name, dim=dim, metric=metric, successor_of_id=successor_of_id, description=description
+            )
+            s.add(row)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise AlreadyExists(name) from exc
+            return _model(row)
+
+    def get_model(self, name: str) -> ModelRecord | None:
+        with self._sessions() as s:
+            row = s.scalar(select(ModelVersion).where(ModelVersion.name == name))
+            return _model(row) if row else None
+
+    def list_models(self) -> list[ModelRecord]:
+        with self._sessions() as s:
+            return [_model(r) for r in s.scalars(select(ModelVersion).order_by(ModelVersion.id))]
+
+    # ---- collections --------------------------------------------------------------------------
+    def create_collection(self, name: str, base_model_id: int, index_spec: dict) -> CollectionRecord:
+        with self._sessions.begin() as s:
+            row = Collection(name=name, base_model_id=base_model_id, index_spec=index_spec, seq=0)
+            s.add(row)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise AlreadyExists(name) from exc
+            return _collection(row)
+
+    def get_collection(self, name: str) -> CollectionRecord | None:
+        with self._sessions() as s:
+            row = s.scalar(select(Collection).where(Collection.name == name))
+            return _collection(row) if row else None
+
+    def list_collections(self) -> list[CollectionRecord]:
+        with self._sessions() as s:
+            return [_collection(r) for r in s.scalars(select(Collection).order_by(Collection.id))]
+
+    def item_counts(self, collection_id: int) -> dict[int, int]:
+        """Items per model version (the model each item's current vector was made by)."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(Item.model_id, func.count())
+                .where(Item.collection_id == collection_id)
+                .group_by(Item.model_id)
+            )
+            return {model_id: int(n) for model_id, n in rows}
+
+    # ---- items --------------------------------------------------------------------------------
+    def upsert_items(
+        self,
+        collection_id: int,
+        model_id: int,
+        keys: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict | None],
+    ) -> UpsertOutcome:
+        """Insert or replace a batch in one transaction: all of it is committed or none of it."""
+        n = len(keys)
+        now = utcnow()
+        with self._sessions.begin() as s:
+            # Reserve n sequence numbers; the row lock (PostgreSQL) / write lock (SQLite) taken here
+            # also serialises concurrent writers to the same collection.
+            top = s.execute(
+                update(Collection)
+                .where(Collection.id == collection_id)
+                .values(seq=Collection.seq + n)
+                .returning(Collection.seq)
+            ).scalar_one()
+            seqs = np.arange(top - n + 1, top + 1, dtype=np.int64)
+            existing: dict[str, tuple[int, int, int]] = {}
+            for chunk in _chunks(list(keys)):
+                for row_id, key, old_model, old_seq in s.execute(
+                    select(Item.id, Item.key, Item.model_id, Item.seq).where(
+                        Item.collection_id == collection_id, Item.key.in_(chunk)
+                    )
+                ):
+                    existing[key] = (row_id, old_model, old_seq)
+            inserts, updates = [], []
+            replaced: dict[int, list[int]] = {}
+            for key, vec, payload, seq in zip(keys, vectors, payloads, seqs.tolist(), strict=True):
+                values = {"model_id": model_id, "seq": seq, "vector": encode_vector(vec), "payload": payload,
+                          "updated_at": now}
+                if key in existing:
+                    row_id, old_model, old_seq = existing[key]
+                    replaced.setdefault(old_model, []).append(old_seq)
+                    updates.append({"id": row_id, **values})
+                else:
+                    inserts.append({"collection_id": collection_id, "key": key, **values})
+            if updates:
+                s.execute(update(Item), updates)
+            if inserts:
+                s.execute(insert(Item), inserts)
+        return UpsertOutcome(
+            seqs=seqs,
+            created=len(inserts),
+            updated=len(updates),
+            replaced={m: np.array(v, dtype=np.int64) for m, v in replaced.items()},
+        )
+
+    def delete_item(self, collection_id: int, key: str) -> tuple[int, int] | None:
+        """Delete an item; return (model_id, seq) of the vector it had, or None if absent."""
+        with self._sessions.begin() as s:
+            row = s.execute(
+                select(Item.id, Item.model_id, Item.seq).where(
+                    Item.collection_id == collection_id, Item.key == key
+                )
+            ).first()
+            if row is None:
+                return None
+            s.execute(Item.__table__.delete().where(Item.id == row.id))
+            s.execute(
+                update(Collection).where(Collection.id == collection_id).values(seq=Collection.seq + 1)
+            )
+            return row.model_id, row.seq
+
+    def get_item(self, collection_id: int, key: str, dim_by_model: dict[int, int]) -> ItemRecord | None:
+        with self._sessions() as s:
+            row = s.scalar(select(Item).where(Item.collection_id == collection_id, Item.key == key))
+            if row is None:
+                return None
+            vec = decode_vectors([row.vector], dim_by_model[row.model_id])[0]
+            return ItemRecord(row.key, row.model_id, row.seq, vec, row.payload, row.updated_at)
+
+    def hits_by_seq(self, collection_id: int, seqs: Sequence[int], with_payload: bool = True) -> dict[int, HitRecord]:
+        """Resolve FAISS ids (vector seqs) to items; seqs of replaced or deleted vectors are absent."""
+        cols = [Item.seq, Item.key, Item.model_id] + ([Item.payload] if with_payload else [])
+        out: dict[int, HitRecord] = {}
+        with self._sessions() as s:
+            for chunk in _chunks(list(seqs)):
+                for row in s.execute(select(*cols).where(Item.collection_id == collection_id, Item.seq.in_(chunk))):
+                    out[row.seq] = HitRecord(row.key, row.model_id, row.payload if with_payload else None)
+        return out
+
+    def partition_seqs(self, collection_id: int, model_id: int) -> np.ndarray:
+        """Sorted ids of every stored vector of one partition (for reconciling an index)."""
+        with self._sessions() as s:
+            seqs = s.scalars(
+                select(Item.seq).where(Item.collection_id == collection_id, Item.model_id == model_id)
+            ).all()
+        return np.sort(np.asarray(seqs, dtype=np.int64))
+
+    def vectors_by_seq(self, collection_id: int, seqs: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors for the given seqs (those still stored), in chunks-friendly order."""
+        found_seqs: list[int] = []
+        blobs: list[bytes] = []
+        with self._sessions() as s:
+            for chunk in _chunks(list(seqs), 5_000 if self.engine.dialect.name == "postgresql" else _IN_CHUNK):
+                for seq, blob in s.execute(
+                    select(Item.seq, Item.vector).where(Item.collection_id == collection_id, Item.seq.in_(chunk))
+                ):
+                    found_seqs.append(seq)
+                    blobs.append(blob)
+        return np.asarray(found_seqs, dtype=np.int64), decode_vectors(blobs, dim)
