@@ -5,6 +5,10 @@ distributed engine (e.g. Milvus) are interchangeable. A backend stores *partitio
 (collection, model version), each holding vectors of one dimension under integer ids chosen by the
 caller. Writes to one collection are applied atomically with respect to searches of that
 collection, so a search never sees an item half-moved between partitions.
+
+Each collection also carries a *tag*: the caller's change counter (the store's sequence number)
+of the last write applied. Snapshots record it, so after a restart the caller knows exactly which
+changes a restored partition has not seen yet.
 """
 
 from __future__ import annotations
@@ -100,11 +104,16 @@ class IndexBackend(ABC):
         """Sorted int64 ids of the live vectors (used to reconcile with the store)."""
 
     @abstractmethod
-    def apply(self, collection: str, writes: Mapping[str, PartitionWrite]) -> None:
+    def apply(self, collection: str, writes: Mapping[str, PartitionWrite], tag: int | None = None) -> None:
         """Apply writes to several partitions of one collection atomically w.r.t. its searches.
 
-        `writes` maps model -> changes. Added ids must not be live in the partition already.
+        `writes` maps model -> changes. Added ids must not be live in the partition already (remove
+        them in the same call to replace a vector). `tag`, when given, becomes the collection's tag.
         """
+
+    @abstractmethod
+    def tag(self, collection: str) -> int:
+        """The tag of the last write applied to the collection (0 if none)."""
 
     @abstractmethod
     def search(
@@ -116,10 +125,13 @@ class IndexBackend(ABC):
         """
 
     @abstractmethod
-    def persist(self, key: PartitionKey, seq: int) -> None:
-        """Write a durable snapshot of the partition, tagged with the store's change counter."""
+    def persist(self, key: PartitionKey) -> None:
+        """Write a durable snapshot of the partition together with its collection's tag."""
 
     @abstractmethod
     def restore(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> int | None:
-        """Load the partition's snapshot; return its tag, or None when there is no usable one."""
+        """Load the partition's snapshot; return the tag it was written at, or None if unusable.
+
+        The collection's tag is not changed: the caller repairs the partition and then sets it.
+        """
 

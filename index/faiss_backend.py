@@ -35,6 +35,7 @@ class FaissBackend(IndexBackend):
             faiss.omp_set_num_threads(threads)
         self._partitions: dict[PartitionKey, FaissPartition] = {}
         self._locks: dict[str, ReadWriteLock] = {}
+        self._tags: dict[str, int] = {}
         self._registry_lock = threading.Lock()
 
     # ---- bookkeeping --------------------------------------------------------------------------
@@ -90,7 +91,7 @@ class FaissBackend(IndexBackend):
             return self._partition(key).live_ids()
 
     # ---- data ---------------------------------------------------------------------------------
-    def apply(self, collection: str, writes: Mapping[str, PartitionWrite]) -> None:
+    def apply(self, collection: str, writes: Mapping[str, PartitionWrite], tag: int | None = None) -> None:
         keys = {model: PartitionKey(collection, model) for model in writes}
         with self._lock(collection).write():
             parts = {model: self._partition(key) for model, key in keys.items()}  # fail before mutating
@@ -100,6 +101,11 @@ class FaissBackend(IndexBackend):
                 if len(write.add_ids):
                     parts[model].add(write.add_ids, write.add_vectors)
                 self._gpu_replicas.pop(keys[model], None)
+            if tag is not None:
+                self._tags[collection] = tag
+
+    def tag(self, collection: str) -> int:
+        return self._tags.get(collection, 0)
 
     def search(self, collection: str, queries: Mapping[str, np.ndarray], k: int) -> dict[str, SearchResult]:
         with self._lock(collection).read():
@@ -112,7 +118,7 @@ class FaissBackend(IndexBackend):
             return out
 
     def _gpu_replica(self, key: PartitionKey, part: FaissPartition) -> faiss.Index | None:
-        if part.tombstones or len(part) == 0:
+        if part.is_hnsw or len(part) == 0:
             return None
         replica = self._gpu_replicas.get(key)
         if replica is None:
@@ -122,12 +128,12 @@ class FaissBackend(IndexBackend):
         return replica
 
     # ---- persistence --------------------------------------------------------------------------
-    def persist(self, key: PartitionKey, seq: int) -> None:
+    def persist(self, key: PartitionKey) -> None:
         path = self._snapshot_path(key)
         if path is None:
             return
         with self._lock(key.collection).read():
-            blob = self._partition(key).to_bytes(seq)
+            blob = self._partition(key).to_bytes(self.tag(key.collection))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:

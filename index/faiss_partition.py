@@ -1,14 +1,16 @@
 """One FAISS index holding one partition's vectors, whatever the index kind.
 
-Each kind needs different handling of the operations the service relies on:
-- flat: `IndexIDMap2(IndexFlat*)`, exact; supports removal directly.
-- hnsw: `IndexIDMap2(IndexHNSWFlat)`. HNSW graphs cannot delete, so removed ids are kept in a
-  tombstone set, filtered out at search time with an `IDSelector`, and the graph is rebuilt without
-  them once they exceed a fifth of the partition.
+Each kind needs different handling of the operations the service relies on (add, remove, re-add
+the same id with a new vector, search, list ids):
+- flat: `IndexIDMap2(IndexFlat*)`, exact; removes ids directly.
+- hnsw: a bare `IndexHNSWFlat` whose labels are *slots*; `slot_ids` maps slots to caller ids. HNSW
+  graphs cannot delete, so a removed vector's slot is marked dead and filtered out at search time
+  with an `IDSelectorBitmap`; the same id can be re-added in a fresh slot at once. The graph is
+  rebuilt without dead slots once they exceed a fifth of it.
 - ivf: exact flat until the partition has `ivf_train_min` vectors (an IVF trained on a handful of
   points is worse than exhaustive search), then trained once on the vectors present.
-Cosine similarity is inner product on L2-normalised vectors; l2 scores are negated distances so
-that every metric is higher-is-better.
+Cosine similarity is inner product on L2-normalised vectors; l2 scores are negated squared
+distances, so every metric is higher-is-better.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import numpy as np
 
 from index.backend import IndexSpec, Metric, SearchResult
 
-_TOMBSTONE_COMPACT_FRACTION = 0.2
-_TOMBSTONE_COMPACT_MIN = 1_000
+_DEAD_COMPACT_FRACTION = 0.2
+_DEAD_COMPACT_MIN = 1_000
 
 
 def _faiss_metric(metric: Metric) -> int:
@@ -33,10 +35,9 @@ def _faiss_metric(metric: Metric) -> int:
 def prepare_vectors(vectors: np.ndarray, metric: Metric) -> np.ndarray:
     """Contiguous float32, L2-normalised for cosine (zero vectors stay zero)."""
     out = np.ascontiguousarray(vectors, dtype=np.float32)
-    if metric == "cosine":
+    if metric == "cosine" and out.ndim == 2:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out = out / np.maximum(norms, 1e-12)
-        out = np.ascontiguousarray(out, dtype=np.float32)
+        out = np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
     return out
 
 
@@ -47,31 +48,37 @@ class FaissPartition:
         self.dim = dim
         self.metric: Metric = metric
         self.spec = spec
-        self.tombstones: set[int] = set()
-        self.index: faiss.Index = self._new_exact_or_hnsw()
+        # HNSW bookkeeping (unused by the other kinds)
+        self.slot_ids = np.empty(0, dtype=np.int64)
+        self.slot_live = np.empty(0, dtype=bool)
+        self._slot_of: dict[int, int] = {}
+        self._bitmap: np.ndarray | None = None
+        self.index: faiss.Index = self._new_index()
 
-    # ---- construction -------------------------------------------------------------------------
-    def _new_exact_or_hnsw(self) -> faiss.Index:
-        if self.spec.kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, self.spec.hnsw_m, _faiss_metric(self.metric))
-            inner.hnsw.efConstruction = self.spec.hnsw_ef_construction
-            inner.hnsw.efSearch = self.spec.hnsw_ef_search
-        elif self.metric == "l2":
-            inner = faiss.IndexFlatL2(self.dim)
-        else:
-            inner = faiss.IndexFlatIP(self.dim)
-        return faiss.IndexIDMap2(inner)
+    @property
+    def is_hnsw(self) -> bool:
+        return self.spec.kind == "hnsw"
 
     @property
     def is_trained_ivf(self) -> bool:
         return isinstance(self.index, faiss.IndexIVF)
 
+    def _new_index(self) -> faiss.Index:
+        if self.is_hnsw:
+            index = faiss.IndexHNSWFlat(self.dim, self.spec.hnsw_m, _faiss_metric(self.metric))
+            index.hnsw.efConstruction = self.spec.hnsw_ef_construction
+            index.hnsw.efSearch = self.spec.hnsw_ef_search
+            return index
+        return faiss.IndexIDMap2(faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim))
+
     # ---- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return int(self.index.ntotal) - len(self.tombstones)
+        return len(self._slot_of) if self.is_hnsw else int(self.index.ntotal)
 
-    def stored_ids(self) -> np.ndarray:
-        """Every id physically in the FAISS index, tombstoned ones included."""
+    def live_ids(self) -> np.ndarray:
+        """Sorted ids of the live vectors."""
+        if self.is_hnsw:
+            return np.sort(self.slot_ids[self.slot_live])
         if self.is_trained_ivf:
             invlists = self.index.invlists
             parts = []
@@ -81,99 +88,100 @@ class FaissPartition:
                     ptr = invlists.get_ids(list_no)
                     parts.append(faiss.rev_swig_ptr(ptr, size).copy())
                     invlists.release_ids(list_no, ptr)
-            return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-
-    def live_ids(self) -> np.ndarray:
-        ids = self.stored_ids()
-        if self.tombstones:
-            ids = ids[~np.isin(ids, np.fromiter(self.tombstones, dtype=np.int64))]
-        return np.sort(ids)
+            return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
 
     def search(self, queries: np.ndarray, k: int, via: faiss.Index | None = None) -> SearchResult:
         """Top-k search; `via` runs it on a replica of this index (a GPU copy) instead."""
         q = prepare_vectors(queries, self.metric)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (n, {self.dim}), got {q.shape}")
-        k_eff = max(1, min(k, len(self)))
         if len(self) == 0:
-            return SearchResult(
-                scores=np.full((len(q), k), -np.inf, dtype=np.float32),
-                ids=np.full((len(q), k), -1, dtype=np.int64),
-            )
-        params = None if via is not None else self._search_params()
+            return SearchResult(np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
+        k_eff = min(k, len(self))
         index = via if via is not None else self.index
-        scores, ids = index.search(q, k_eff, params=params) if params else index.search(q, k_eff)
+        params = None if via is not None else self._search_params()
+        scores, labels = index.search(q, k_eff, params=params) if params else index.search(q, k_eff)
+        ids = np.where(labels >= 0, self.slot_ids[labels], -1) if self.is_hnsw else labels
         if self.metric == "l2":
             scores = -scores
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         if k_eff < k:  # pad to the requested width so callers can stack results
-            pad = k - k_eff
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
         return SearchResult(scores=scores, ids=ids)
 
     def _search_params(self) -> faiss.SearchParameters | None:
-        if self.spec.kind == "hnsw":
-            sel = None
-            if self.tombstones:
-                batch = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64))
-                sel = faiss.IDSelectorNot(batch)
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.spec.hnsw_ef_search)
-                params._keep = (batch, sel)  # keep the selectors alive while FAISS uses them
-                return params
-            return faiss.SearchParametersHNSW(efSearch=self.spec.hnsw_ef_search)
+        if self.is_hnsw:
+            params = faiss.SearchParametersHNSW(efSearch=self.spec.hnsw_ef_search)
+            if len(self._slot_of) < len(self.slot_live):  # some slots are dead
+                if self._bitmap is None:
+                    self._bitmap = np.packbits(self.slot_live, bitorder="little")
+                sel = faiss.IDSelectorBitmap(len(self.slot_live), faiss.swig_ptr(self._bitmap))
+                params.sel = sel
+                params._keep = (sel, self._bitmap)  # keep both alive while FAISS uses them
+            return params
         if self.is_trained_ivf:
             return faiss.SearchParametersIVF(nprobe=self.spec.ivf_nprobe)
         return None
 
     # ---- writing ------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under ids that are not live in this partition."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return
         vecs = prepare_vectors(vectors, self.metric)
         if vecs.shape != (len(ids), self.dim):
             raise ValueError(f"vectors must have shape ({len(ids)}, {self.dim}), got {vecs.shape}")
-        if self.tombstones and not self.tombstones.isdisjoint(ids.tolist()):
-            self.compact()  # a tombstoned id is being reused: drop the dead copy first
+        if self.is_hnsw:
+            if any(int(i) in self._slot_of for i in ids):
+                raise ValueError("id already live in partition; remove it first")
+            start = len(self.slot_ids)
+            self.index.add(vecs)
+            self.slot_ids = np.concatenate([self.slot_ids, ids])
+            self.slot_live = np.concatenate([self.slot_live, np.ones(len(ids), dtype=bool)])
+            self._slot_of.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
+            self._bitmap = None
+            return
         self.index.add_with_ids(vecs, ids)
         if self.spec.kind == "ivf" and not self.is_trained_ivf and self.index.ntotal >= self.spec.ivf_train_min:
             self._train_ivf()
 
     def remove(self, ids: np.ndarray) -> None:
+        """Remove ids (absent ones are ignored)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return
-        if self.spec.kind == "hnsw":
-            present = ids[np.isin(ids, self.stored_ids())]
-            self.tombstones.update(present.tolist())
-            limit = max(_TOMBSTONE_COMPACT_MIN, _TOMBSTONE_COMPACT_FRACTION * self.index.ntotal)
-            if len(self.tombstones) > limit:
-                self.compact()
+        if not self.is_hnsw:
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
             return
-        self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        slots = [self._slot_of.pop(int(i)) for i in ids if int(i) in self._slot_of]
+        if slots:
+            self.slot_live[slots] = False
+            self._bitmap = None
+        dead = len(self.slot_live) - len(self._slot_of)
+        if dead > max(_DEAD_COMPACT_MIN, _DEAD_COMPACT_FRACTION * len(self.slot_live)):
+            self.compact()
 
     def compact(self) -> None:
-        """Rebuild the HNSW graph without tombstoned vectors."""
-        if not self.tombstones:
+        """Rebuild the HNSW graph from its live vectors only."""
+        if not self.is_hnsw:
             return
-        ids, vecs = self._all_vectors()
-        keep = ~np.isin(ids, np.fromiter(self.tombstones, dtype=np.int64))
-        self.tombstones.clear()
-        self.index = self._new_exact_or_hnsw()
-        if keep.any():
-            self.index.add_with_ids(np.ascontiguousarray(vecs[keep]), ids[keep])
-
-    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and vectors of an `IndexIDMap2` (flat or HNSW storage), in storage order."""
-        ids = self.stored_ids()
-        if not len(ids):
-            return ids, np.empty((0, self.dim), dtype=np.float32)
-        return ids, self.index.index.reconstruct_n(0, self.index.ntotal)
+        live = np.flatnonzero(self.slot_live)
+        vecs = self.index.reconstruct_n(0, self.index.ntotal)[live] if len(live) else None
+        ids = self.slot_ids[live]
+        self.index = self._new_index()
+        self.slot_ids = np.empty(0, dtype=np.int64)
+        self.slot_live = np.empty(0, dtype=bool)
+        self._slot_of = {}
+        self._bitmap = None
+        if vecs is not None:
+            self.add(ids, vecs)
 
     def _train_ivf(self) -> None:
-        ids, vecs = self._all_vectors()
+        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        vecs = self.index.index.reconstruct_n(0, self.index.ntotal)
         nlist = self.spec.ivf_nlist or max(1, int(4 * math.sqrt(len(ids))))
         nlist = min(nlist, max(1, len(ids) // 39))  # FAISS wants >= 39 training points per list
         quantizer = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
@@ -188,13 +196,14 @@ class FaissPartition:
 
     # ---- persistence --------------------------------------------------------------------------
     def to_bytes(self, tag: int) -> bytes:
-        """One self-describing blob: index, tombstones and metadata, written atomically by the caller."""
+        """One self-describing blob (index, HNSW slots, metadata); the caller writes it atomically."""
         meta = {"tag": tag, "dim": self.dim, "metric": self.metric, "spec": self.spec.to_dict()}
         buf = io.BytesIO()
         np.savez(
             buf,
             index=faiss.serialize_index(self.index),
-            tombstones=np.fromiter(self.tombstones, dtype=np.int64),
+            slot_ids=self.slot_ids,
+            slot_live=self.slot_live,
             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         )
         return buf.getvalue()
@@ -208,5 +217,8 @@ class FaissPartition:
                 raise ValueError("snapshot was written for a different partition configuration")
             part = cls(dim, metric, spec)
             part.index = faiss.deserialize_index(data["index"])
-            part.tombstones = set(data["tombstones"].tolist())
+            part.slot_ids = data["slot_ids"].astype(np.int64)
+            part.slot_live = data["slot_live"].astype(bool)
+        live = np.flatnonzero(part.slot_live)
+        part._slot_of = dict(zip(part.slot_ids[live].tolist(), live.tolist(), strict=True))
         return part, int(meta["tag"])

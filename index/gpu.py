@@ -44,8 +44,6 @@ class GpuReplicator:
         self._resources = faiss.StandardGpuResources()
 
     def replicate(self, cpu_index: faiss.Index) -> faiss.Index | None:
-        if isinstance(cpu_index, faiss.IndexIDMap2) and isinstance(
-            faiss.downcast_index(cpu_index.index), faiss.IndexHNSW
-        ):
-            return None  # no GPU HNSW in FAISS
+        if isinstance(cpu_index, faiss.IndexHNSW):
+            return None  # FAISS has no GPU HNSW
         return faiss.index_cpu_to_gpu(self._resources, 0, cpu_index)

@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(store, settings.max_dim)
         backend = FaissBackend(settings.index_dir, device=settings.device, threads=settings.faiss_threads)
         gallery = Gallery(store, registry, backend)
-        scheduler = SnapshotScheduler(store, backend, settings.snapshot_every_changes,
+        scheduler = SnapshotScheduler(backend, settings.snapshot_every_changes,
                                       settings.snapshot_interval_seconds)
         app.state.store, app.state.registry, app.state.gallery = store, registry, gallery
         app.state.backend, app.state.scheduler, app.state.load_error = backend, scheduler, None

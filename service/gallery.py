@@ -88,13 +88,13 @@ class Gallery:
             target = self.ensure_partition(collection, model)
             outcome = self.store.upsert_items(collection.id, model.id, keys, vectors, payloads)
             writes: dict[str, PartitionWrite] = {}
-            for old_model_id, old_seqs in outcome.replaced.items():
+            for old_model_id, old_ids in outcome.replaced.items():
                 old_key = partition_key(collection.id, old_model_id)
                 if self.backend.has_partition(old_key):
-                    writes.setdefault(old_key.model, PartitionWrite()).remove = old_seqs
+                    writes.setdefault(old_key.model, PartitionWrite()).remove = old_ids
             write = writes.setdefault(target.model, PartitionWrite())
-            write.add_ids, write.add_vectors = outcome.seqs, vectors
-            self._mirror(collection, writes)
+            write.add_ids, write.add_vectors = outcome.ids, vectors
+            self._mirror(collection, writes, outcome.tag)
         return outcome
 
     def delete(self, collection: CollectionRecord, key: str) -> None:
@@ -103,15 +103,15 @@ class Gallery:
             removed = self.store.delete_item(collection.id, key)
             if removed is None:
                 raise NotFound(f"no item {key!r} in collection {collection.name!r}", "id")
-            model_id, seq = removed
+            model_id, row_id, tag = removed
             pkey = partition_key(collection.id, model_id)
-            if self.backend.has_partition(pkey):
-                self._mirror(collection, {pkey.model: PartitionWrite(remove=np.array([seq], dtype=np.int64))})
+            writes = {pkey.model: PartitionWrite(remove=np.array([row_id], dtype=np.int64))}
+            self._mirror(collection, writes if self.backend.has_partition(pkey) else {}, tag)
 
-    def _mirror(self, collection: CollectionRecord, writes: dict[str, PartitionWrite]) -> None:
-        """Apply committed changes to the index; on failure rebuild the collection from the store."""
+    def _mirror(self, collection: CollectionRecord, writes: dict[str, PartitionWrite], tag: int) -> None:
+        """Apply committed changes to the index; on failure repair the collection from the store."""
         try:
-            self.backend.apply(f"c{collection.id}", writes)
+            self.backend.apply(f"c{collection.id}", writes, tag)
         except Exception:
             log.exception("index update failed for collection %s; reconciling from the store", collection.name)
             reconcile_collection(self.store, self.backend, collection, self.model_dims())
@@ -166,20 +166,20 @@ class Gallery:
             f"c{collection.id}", {partition_key(collection.id, mid).model: queries for mid in searchable}, k
         )
         merged = _merge(results, k)
-        wanted = sorted({int(s) for row in merged for _, s, _ in row})
-        records = self.store.hits_by_seq(collection.id, wanted, include_payload) if wanted else {}
+        wanted = sorted({item_id for row in merged for _, item_id, _ in row})
+        records = self.store.hits_by_id(collection.id, wanted, include_payload) if wanted else {}
         for qi, row in enumerate(merged):
             outcome.hits[qi] = _resolve(row, records, k)
         return outcome
 
 
 def _merge(results: dict, k: int) -> list[list[tuple[float, int, str]]]:
-    """Merge per-partition top-k lists into one best-first list per query (score, seq, partition)."""
+    """Merge per-partition top-k lists into one best-first list per query (score, id, partition)."""
     models = list(results)
     scores = np.concatenate([results[m].scores for m in models], axis=1)
     ids = np.concatenate([results[m].ids for m in models], axis=1)
     owner = np.concatenate([np.full(results[m].ids.shape[1], i) for i, m in enumerate(models)])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, : k * 2]  # spare rows cover stale hits
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : k * 2]  # spare rows cover deleted items
     merged = []
     for qi in range(scores.shape[0]):
         row = []
@@ -191,11 +191,11 @@ def _merge(results: dict, k: int) -> list[list[tuple[float, int, str]]]:
 
 
 def _resolve(row: list[tuple[float, int, str]], records: dict[int, HitRecord], k: int) -> list[ScoredHit]:
-    """Turn (score, seq) pairs into hits, dropping vectors replaced since the search and duplicate ids."""
+    """Turn (score, id) pairs into hits, dropping items deleted since the search and duplicates."""
     hits: list[ScoredHit] = []
     seen: set[str] = set()
-    for score, seq, _partition in row:
-        rec = records.get(seq)
+    for score, item_id, _partition in row:
+        rec = records.get(item_id)
         if rec is None or rec.key in seen:
             continue
         seen.add(rec.key)

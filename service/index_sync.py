@@ -1,11 +1,13 @@
-"""Keeping FAISS partitions equal to the database: start-up repair and periodic snapshots.
+"""Keeping FAISS partitions equal to the database: repair on start-up and periodic snapshots.
 
-The database is the source of truth. At start-up each partition is loaded from its snapshot (if a
-usable one exists) and then reconciled by set difference with the stored vector ids: vectors the
-snapshot lacks are added from the database, vectors it has that the database no longer has are
-removed. That repairs every way an index can go stale (crash between commit and index update,
-a crash before the last snapshot, a deleted or corrupt snapshot) with one rule, and costs only an
-id scan when the snapshot is current.
+The database is the source of truth; an index partition is a cache of it, identified by item row
+ids and tagged with the collection's change counter (`collections.seq`) of the last write it has
+seen. Repair of one partition, whatever happened to it (crash between commit and index update,
+crash after the last snapshot, a deleted or corrupt snapshot file):
+- ids in the index but no longer in this partition in the database -> removed;
+- ids in the database but not in the index -> added;
+- ids written after the partition's tag (replaced vectors) -> removed and re-added.
+When the snapshot is current this costs one id scan per partition.
 """
 
 from __future__ import annotations
@@ -30,34 +32,51 @@ def partition_key(collection_id: int, model_id: int) -> PartitionKey:
     return PartitionKey(f"c{collection_id}", f"m{model_id}")
 
 
+def collection_key(collection_id: int) -> str:
+    return f"c{collection_id}"
+
+
 def reconcile_collection(
     store: Store, backend: IndexBackend, collection: CollectionRecord, dims: dict[int, tuple[int, str]]
 ) -> dict[str, int]:
-    """Make every partition of `collection` hold exactly the stored vectors. Returns repair counts.
+    """Make every partition of `collection` hold exactly the stored vectors; return repair counts.
 
+    Callers guarantee no concurrent writes to the collection (start-up, or under its write lock).
     `dims` maps model id -> (dim, metric) for every registered model.
     """
+    ckey = collection_key(collection.id)
+    current = store.get_collection(collection.name)
     spec = IndexSpec.from_dict(collection.index_spec)
     stored_models = set(store.item_counts(collection.id))
-    indexed_models = {int(k.model[1:]) for k in backend.partitions(f"c{collection.id}")}
+    indexed_models = {int(k.model[1:]) for k in backend.partitions(ckey)}
     added = removed = 0
+    restored_tags: list[int | None] = []
     for model_id in sorted(stored_models | indexed_models):
         key = partition_key(collection.id, model_id)
         dim, metric = dims[model_id]
-        if not backend.has_partition(key):
-            if backend.restore(key, dim, metric, spec) is None:
+        if backend.has_partition(key):
+            seen_tag: int | None = backend.tag(ckey)
+        else:
+            seen_tag = backend.restore(key, dim, metric, spec)
+            if seen_tag is None:
                 backend.ensure_partition(key, dim, metric, spec)
-        want = store.partition_seqs(collection.id, model_id)
+            restored_tags.append(seen_tag)
+        want = store.partition_ids(collection.id, model_id)
         have = backend.live_ids(key)
-        extra = np.setdiff1d(have, want, assume_unique=True)
-        missing = np.setdiff1d(want, have, assume_unique=True)
-        if len(extra):
-            backend.apply(key.collection, {key.model: PartitionWrite(remove=extra)})
-            removed += len(extra)
-        for start in range(0, len(missing), _REPAIR_CHUNK):
-            seqs, vectors = store.vectors_by_seq(collection.id, missing[start : start + _REPAIR_CHUNK].tolist(), dim)
-            backend.apply(key.collection, {key.model: PartitionWrite(add_ids=seqs, add_vectors=vectors)})
-            added += len(seqs)
+        stale = np.empty(0, dtype=np.int64)
+        if seen_tag is not None and len(have):
+            changed = store.partition_ids(collection.id, model_id, changed_after=seen_tag)
+            stale = np.intersect1d(changed, have, assume_unique=True)
+        drop = np.union1d(np.setdiff1d(have, want, assume_unique=True), stale)
+        fill = np.union1d(np.setdiff1d(want, have, assume_unique=True), stale)
+        if len(drop):
+            backend.apply(ckey, {key.model: PartitionWrite(remove=drop)})
+            removed += len(drop)
+        for start in range(0, len(fill), _REPAIR_CHUNK):
+            ids, vectors = store.vectors_by_id(collection.id, fill[start : start + _REPAIR_CHUNK].tolist(), dim)
+            backend.apply(ckey, {key.model: PartitionWrite(add_ids=ids, add_vectors=vectors)})
+            added += len(ids)
+    backend.apply(ckey, {}, tag=current.seq)
     if added or removed:
         log.info("collection %s: index repaired from the store (+%d, -%d vectors)", collection.name, added, removed)
     return {"added": added, "removed": removed}
@@ -69,18 +88,16 @@ class SnapshotScheduler:
     Snapshots only shorten start-up; correctness never depends on them (see module docstring).
     """
 
-    def __init__(self, store: Store, backend: IndexBackend, every_changes: int, interval_s: float) -> None:
-        self.store = store
+    def __init__(self, backend: IndexBackend, every_changes: int, interval_s: float) -> None:
         self.backend = backend
         self.every_changes = every_changes
         self.interval_s = interval_s
-        self._persisted_seq: dict[int, int] = {}
+        self._persisted: dict[str, int | None] = {}  # collection -> tag on disk (None: unknown)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def mark_loaded(self, collection: CollectionRecord, repaired: bool) -> None:
-        """After start-up: a collection whose index needed no repair has a current snapshot."""
-        self._persisted_seq[collection.id] = -1 if repaired else collection.seq
+    def mark_loaded(self, collection: str, tag_on_disk: int | None) -> None:
+        self._persisted[collection] = tag_on_disk
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="nobackfill-snapshots", daemon=True)
@@ -101,16 +118,17 @@ class SnapshotScheduler:
                 log.exception("snapshot pass failed; will retry")
 
     def snapshot_due(self, threshold: int) -> int:
-        """Snapshot collections with at least `threshold` changes since their last snapshot."""
+        """Snapshot collections with at least `threshold` changes since their snapshot on disk."""
         written = 0
-        for collection in self.store.list_collections():
-            last = self._persisted_seq.get(collection.id, -1)
-            if collection.seq - last < threshold and last >= 0:
+        for ckey in sorted({k.collection for k in self.backend.partitions()}):
+            tag = self.backend.tag(ckey)
+            on_disk = self._persisted.get(ckey)
+            if on_disk is not None and tag - on_disk < threshold:
                 continue
-            for key in self.backend.partitions(f"c{collection.id}"):
-                self.backend.persist(key, collection.seq)
+            for key in self.backend.partitions(ckey):
+                self.backend.persist(key)
                 written += 1
-            self._persisted_seq[collection.id] = collection.seq
+            self._persisted[ckey] = tag
         return written
 
 
@@ -123,6 +141,8 @@ def load_all(store: Store, backend: IndexBackend, dims: dict[int, tuple[int, str
         counts = reconcile_collection(store, backend, collection, dims)
         report[collection.name] = counts
         if scheduler is not None:
-            scheduler.mark_loaded(collection, repaired=bool(counts["added"] or counts["removed"]))
+            clean = not (counts["added"] or counts["removed"])
+            scheduler.mark_loaded(collection_key(collection.id), backend.tag(collection_key(collection.id))
+                                  if clean else None)
     log.info("indexes loaded for %d collections in %.2fs", len(report), time.perf_counter() - started)
     return report

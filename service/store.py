@@ -65,12 +65,18 @@ class HitRecord:
 
 @dataclass(frozen=True)
 class UpsertOutcome:
-    """What one committed upsert changed: new vector ids, and the ids it made obsolete per model."""
+    """What one committed upsert changed.
 
-    seqs: np.ndarray
+    `ids` are the items' row ids (the ids the index stores), aligned with the request;
+    `replaced` maps model id -> row ids whose previous vector (in that model) must leave the index;
+    `tag` is the collection's change counter after this write.
+    """
+
+    ids: np.ndarray
     created: int
     updated: int
     replaced: dict[int, np.ndarray]
+    tag: int
 
 
 def encode_vector(vec: np.ndarray) -> bytes:
@@ -180,52 +186,59 @@ class Store:
                 .values(seq=Collection.seq + n)
                 .returning(Collection.seq)
             ).scalar_one()
-            seqs = np.arange(top - n + 1, top + 1, dtype=np.int64)
-            existing: dict[str, tuple[int, int, int]] = {}
+            seqs = range(top - n + 1, top + 1)
+            existing: dict[str, tuple[int, int]] = {}
             for chunk in _chunks(list(keys)):
-                for row_id, key, old_model, old_seq in s.execute(
-                    select(Item.id, Item.key, Item.model_id, Item.seq).where(
+                for row_id, key, old_model in s.execute(
+                    select(Item.id, Item.key, Item.model_id).where(
                         Item.collection_id == collection_id, Item.key.in_(chunk)
                     )
                 ):
-                    existing[key] = (row_id, old_model, old_seq)
+                    existing[key] = (row_id, old_model)
             inserts, updates = [], []
             replaced: dict[int, list[int]] = {}
-            for key, vec, payload, seq in zip(keys, vectors, payloads, seqs.tolist(), strict=True):
+            ids = np.zeros(n, dtype=np.int64)
+            new_positions = []
+            for pos, (key, vec, payload, seq) in enumerate(zip(keys, vectors, payloads, seqs, strict=True)):
                 values = {"model_id": model_id, "seq": seq, "vector": encode_vector(vec), "payload": payload,
                           "updated_at": now}
                 if key in existing:
-                    row_id, old_model, old_seq = existing[key]
-                    replaced.setdefault(old_model, []).append(old_seq)
+                    row_id, old_model = existing[key]
+                    replaced.setdefault(old_model, []).append(row_id)
                     updates.append({"id": row_id, **values})
+                    ids[pos] = row_id
                 else:
                     inserts.append({"collection_id": collection_id, "key": key, **values})
+                    new_positions.append(pos)
             if updates:
                 s.execute(update(Item), updates)
             if inserts:
-                s.execute(insert(Item), inserts)
+                new_ids = s.scalars(insert(Item).returning(Item.id, sort_by_parameter_order=True), inserts).all()
+                ids[new_positions] = new_ids
         return UpsertOutcome(
-            seqs=seqs,
+            ids=ids,
             created=len(inserts),
             updated=len(updates),
             replaced={m: np.array(v, dtype=np.int64) for m, v in replaced.items()},
+            tag=top,
         )
 
-    def delete_item(self, collection_id: int, key: str) -> tuple[int, int] | None:
-        """Delete an item; return (model_id, seq) of the vector it had, or None if absent."""
+    def delete_item(self, collection_id: int, key: str) -> tuple[int, int, int] | None:
+        """Delete an item; return (model_id, row id, new collection tag), or None if absent."""
         with self._sessions.begin() as s:
             row = s.execute(
-                select(Item.id, Item.model_id, Item.seq).where(
-                    Item.collection_id == collection_id, Item.key == key
-                )
+                select(Item.id, Item.model_id).where(Item.collection_id == collection_id, Item.key == key)
             ).first()
             if row is None:
                 return None
+            tag = s.execute(
+                update(Collection)
+                .where(Collection.id == collection_id)
+                .values(seq=Collection.seq + 1)
+                .returning(Collection.seq)
+            ).scalar_one()
             s.execute(Item.__table__.delete().where(Item.id == row.id))
-            s.execute(
-                update(Collection).where(Collection.id == collection_id).values(seq=Collection.seq + 1)
-            )
-            return row.model_id, row.seq
+            return row.model_id, row.id, tag
 
     def get_item(self, collection_id: int, key: str, dim_by_model: dict[int, int]) -> ItemRecord | None:
         with self._sessions() as s:
@@ -235,33 +248,34 @@ class Store:
             vec = decode_vectors([row.vector], dim_by_model[row.model_id])[0]
             return ItemRecord(row.key, row.model_id, row.seq, vec, row.payload, row.updated_at)
 
-    def hits_by_seq(self, collection_id: int, seqs: Sequence[int], with_payload: bool = True) -> dict[int, HitRecord]:
-        """Resolve FAISS ids (vector seqs) to items; seqs of replaced or deleted vectors are absent."""
-        cols = [Item.seq, Item.key, Item.model_id] + ([Item.payload] if with_payload else [])
+    def hits_by_id(self, collection_id: int, ids: Sequence[int], with_payload: bool = True) -> dict[int, HitRecord]:
+        """Resolve index ids (item row ids) to items; ids of deleted items are absent."""
+        cols = [Item.id, Item.key, Item.model_id] + ([Item.payload] if with_payload else [])
         out: dict[int, HitRecord] = {}
         with self._sessions() as s:
-            for chunk in _chunks(list(seqs)):
-                for row in s.execute(select(*cols).where(Item.collection_id == collection_id, Item.seq.in_(chunk))):
-                    out[row.seq] = HitRecord(row.key, row.model_id, row.payload if with_payload else None)
+            for chunk in _chunks(list(ids)):
+                for row in s.execute(select(*cols).where(Item.collection_id == collection_id, Item.id.in_(chunk))):
+                    out[row.id] = HitRecord(row.key, row.model_id, row.payload if with_payload else None)
         return out
 
-    def partition_seqs(self, collection_id: int, model_id: int) -> np.ndarray:
-        """Sorted ids of every stored vector of one partition (for reconciling an index)."""
+    def partition_ids(self, collection_id: int, model_id: int, changed_after: int | None = None) -> np.ndarray:
+        """Sorted row ids of the items whose vector is in `model_id` (optionally: written after a tag)."""
+        query = select(Item.id).where(Item.collection_id == collection_id, Item.model_id == model_id)
+        if changed_after is not None:
+            query = query.where(Item.seq > changed_after)
         with self._sessions() as s:
-            seqs = s.scalars(
-                select(Item.seq).where(Item.collection_id == collection_id, Item.model_id == model_id)
-            ).all()
-        return np.sort(np.asarray(seqs, dtype=np.int64))
+            ids = s.scalars(query).all()
+        return np.sort(np.asarray(ids, dtype=np.int64))
 
-    def vectors_by_seq(self, collection_id: int, seqs: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Vectors for the given seqs (those still stored), in chunks-friendly order."""
-        found_seqs: list[int] = []
+    def vectors_by_id(self, collection_id: int, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row ids found, their vectors) for the given row ids."""
+        found: list[int] = []
         blobs: list[bytes] = []
         with self._sessions() as s:
-            for chunk in _chunks(list(seqs), 5_000 if self.engine.dialect.name == "postgresql" else _IN_CHUNK):
-                for seq, blob in s.execute(
-                    select(Item.seq, Item.vector).where(Item.collection_id == collection_id, Item.seq.in_(chunk))
+            for chunk in _chunks(list(ids)):
+                for row_id, blob in s.execute(
+                    select(Item.id, Item.vector).where(Item.collection_id == collection_id, Item.id.in_(chunk))
                 ):
-                    found_seqs.append(seq)
+                    found.append(row_id)
                     blobs.append(blob)
-        return np.asarray(found_seqs, dtype=np.int64), decode_vectors(blobs, dim)
+        return np.asarray(found, dtype=np.int64), decode_vectors(blobs, dim)

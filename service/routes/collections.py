@@ -117,20 +117,19 @@ def delete_item(
 
 # ---- queries -------------------------------------------------------------------------------------
 def _query_matrix(body: QueryRequest, dim: int, max_batch: int) -> np.ndarray:
+    """The request's query vector(s) as an (n, dim) float32 matrix, validated."""
     if body.vector is not None:
-        matrix, field = np.asarray([body.vector], dtype=np.float32), "vector"
+        field, matrix = "vector", np.asarray(body.vector, dtype=np.float32)[None, :]
     elif body.vector_b64 is not None:
-        matrix, field = decode_b64(body.vector_b64, "vector_b64")[None, :], "vector_b64"
+        field, matrix = "vector_b64", decode_b64(body.vector_b64, "vector_b64")[None, :]
     elif body.vectors is not None:
         field = "vectors"
-        widths = {len(v) for v in body.vectors}
-        if len(widths) > 1:
-            bad = next(i for i, v in enumerate(body.vectors) if len(v) != dim)
-            return check_matrix(np.asarray([body.vectors[bad]], dtype=np.float32), dim, f"vectors[{bad}]")
-        matrix = np.asarray(body.vectors, dtype=np.float32).reshape(len(body.vectors), -1)
+        for i, row in enumerate(body.vectors):
+            if len(row) != dim:
+                raise Invalid(f"has dimension {len(row)}, the model expects {dim}", f"vectors[{i}]")
+        matrix = np.asarray(body.vectors, dtype=np.float32).reshape(len(body.vectors), dim)
     else:
-        field = "vectors_b64"
-        flat = decode_b64(body.vectors_b64, field)
+        field, flat = "vectors_b64", decode_b64(body.vectors_b64, "vectors_b64")
         if flat.size % dim:
             raise Invalid(f"holds {flat.size} values, not a multiple of the model dimension {dim}", field)
         matrix = flat.reshape(-1, dim)

@@ -1,0 +1,39 @@
+"""Small helpers for API tests."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+
+
+def b64(vectors: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode()
+
+
+def make_model(client: httpx.Client, name: str, dim: int, **extra) -> dict:
+    r = client.post("/v1/models", json={"name": name, "dim": dim, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def make_collection(client: httpx.Client, name: str, model: str, **extra) -> dict:
+    r = client.post("/v1/collections", json={"name": name, "model": model, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def upsert(client: httpx.Client, collection: str, model: str, ids: list[str], vectors: np.ndarray,
+           payloads: list | None = None, compact: bool = False) -> httpx.Response:
+    items = []
+    for i, (item_id, vec) in enumerate(zip(ids, vectors, strict=True)):
+        item = {"id": item_id}
+        if compact:
+            item["vector_b64"] = b64(vec)
+        else:
+            item["vector"] = [float(v) for v in vec]
+        if payloads is not None:
+            item["payload"] = payloads[i]
+        items.append(item)
+    return client.post(f"/v1/collections/{collection}/items", json={"model": model, "items": items})

@@ -1,0 +1,184 @@
+"""The FAISS index library on its own: every kind and metric, persistence, concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from index import FaissBackend, IndexSpec, PartitionKey
+from index.backend import PartitionWrite
+from index.faiss_partition import FaissPartition
+from index.gpu import resolve_device
+
+KINDS = [IndexSpec(kind="flat"), IndexSpec(kind="hnsw"), IndexSpec(kind="ivf", ivf_train_min=400, ivf_nprobe=64)]
+
+
+def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dim))
+    return (centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def exact_top(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        s = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ xn.T
+    elif metric == "ip":
+        s = q @ x.T
+    else:
+        s = -((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    return ids[np.argsort(-s, axis=1)[:, :k]]
+
+
+@pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.kind)
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_search_matches_exact_ranking(spec: IndexSpec, metric: str) -> None:
+    x = clustered(1000, 16)
+    ids = np.arange(5000, 6000, dtype=np.int64)
+    part = FaissPartition(16, metric, spec)
+    part.add(ids, x)
+    if spec.kind == "ivf":
+        assert part.is_trained_ivf
+    q = clustered(20, 16, seed=1)
+    got = part.search(q, 10)
+    want = exact_top(x, ids, q, 10, metric)
+    recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.ids, want, strict=True)])
+    assert recall >= (1.0 if spec.kind == "flat" else 0.9)
+    assert np.all(np.diff(got.scores, axis=1) <= 1e-5), "scores must be best first"
+
+
+@pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.kind)
+def test_remove_hides_vectors_and_reuse_of_id_works(spec: IndexSpec) -> None:
+    x = clustered(600, 8)
+    part = FaissPartition(8, "cosine", spec)
+    part.add(np.arange(600), x)
+    part.remove(np.arange(0, 600, 2))
+    assert len(part) == 300
+    assert set(part.live_ids().tolist()) == set(range(1, 600, 2))
+    res = part.search(x[:50], 5)
+    assert not np.isin(res.ids, np.arange(0, 600, 2)).any()
+    part.add(np.array([0]), x[:1])  # an id removed earlier may come back
+    assert part.search(x[:1], 1).ids[0, 0] == 0
+    assert len(part) == 301
+
+
+def test_hnsw_compacts_when_tombstones_pile_up() -> None:
+    x = clustered(3000, 8)
+    part = FaissPartition(8, "cosine", IndexSpec(kind="hnsw"))
+    part.add(np.arange(3000), x)
+    part.remove(np.arange(1500))
+    assert part.slot_live.all(), "removing half the graph must trigger a rebuild without dead slots"
+    assert part.index.ntotal == 1500 and len(part) == 1500
+    assert sorted(part.live_ids().tolist()) == list(range(1500, 3000))
+    assert part.search(x[2000:2001], 1).ids[0, 0] == 2000
+
+
+def test_ivf_stays_exact_until_enough_vectors() -> None:
+    part = FaissPartition(8, "ip", IndexSpec(kind="ivf", ivf_train_min=500))
+    part.add(np.arange(100), clustered(100, 8))
+    assert not part.is_trained_ivf
+    part.add(np.arange(100, 600), clustered(500, 8, seed=3))
+    assert part.is_trained_ivf and len(part) == 600
+    assert sorted(part.live_ids().tolist()) == list(range(600))
+
+
+def test_empty_and_short_partitions_pad_results() -> None:
+    part = FaissPartition(4, "cosine", IndexSpec())
+    res = part.search(np.ones((2, 4), np.float32), 3)
+    assert (res.ids == -1).all()
+    part.add(np.array([7]), np.ones((1, 4), np.float32))
+    res = part.search(np.ones((1, 4), np.float32), 3)
+    assert res.ids.tolist() == [[7, -1, -1]] and np.isneginf(res.scores[0, 1:]).all()
+
+
+def test_wrong_shapes_are_rejected() -> None:
+    part = FaissPartition(4, "cosine", IndexSpec())
+    with pytest.raises(ValueError):
+        part.add(np.array([1, 2]), np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError):
+        part.search(np.ones((1, 3), np.float32), 1)
+
+
+@pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.kind)
+def test_persist_and_restore_round_trip(tmp_path, spec: IndexSpec) -> None:
+    x = clustered(800, 12)
+    key = PartitionKey("c1", "m1")
+    backend = FaissBackend(tmp_path)
+    backend.ensure_partition(key, 12, "cosine", spec)
+    backend.apply("c1", {"m1": PartitionWrite(add_ids=np.arange(800), add_vectors=x)})
+    backend.apply("c1", {"m1": PartitionWrite(remove=np.arange(10))})
+    before = backend.search("c1", {"m1": x[20:25]}, 5)["m1"]
+    backend.apply("c1", {}, tag=42)
+    backend.persist(key)
+
+    fresh = FaissBackend(tmp_path)
+    assert fresh.restore(key, 12, "cosine", spec) == 42
+    assert fresh.count(key) == 790
+    after = fresh.search("c1", {"m1": x[20:25]}, 5)["m1"]
+    np.testing.assert_array_equal(before.ids, after.ids)
+    # a snapshot for another configuration is not silently reused
+    assert FaissBackend(tmp_path).restore(key, 13, "cosine", spec) is None
+
+
+def test_corrupt_snapshot_is_ignored(tmp_path) -> None:
+    key = PartitionKey("c1", "m1")
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "m1.npz").write_bytes(b"not a snapshot")
+    assert FaissBackend(tmp_path).restore(key, 4, "cosine", IndexSpec()) is None
+
+
+def test_apply_is_atomic_across_partitions_for_searchers() -> None:
+    """Moving ids between partitions under load: a searcher never sees an id in both or neither."""
+    backend = FaissBackend()
+    dim, n = 8, 200
+    x = clustered(n, dim)
+    a, b = PartitionKey("c", "a"), PartitionKey("c", "b")
+    for key in (a, b):
+        backend.ensure_partition(key, dim, "cosine", IndexSpec())
+    backend.apply("c", {"a": PartitionWrite(add_ids=np.arange(n), add_vectors=x)})
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def searcher() -> None:
+        while not stop.is_set():
+            res = backend.search("c", {"a": x[:4], "b": x[:4]}, n)
+            found = np.concatenate([res["a"].ids[0], res["b"].ids[0]])
+            found = found[found >= 0]
+            if len(found) != n or len(set(found.tolist())) != n:
+                errors.append(f"saw {len(found)} hits, {len(set(found.tolist()))} distinct")
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    src, dst = "a", "b"
+    for step in range(60):
+        moved = np.arange(step % 10 * 20, step % 10 * 20 + 20)
+        backend.apply("c", {src: PartitionWrite(remove=moved),
+                            dst: PartitionWrite(add_ids=moved, add_vectors=x[moved])})
+        backend.apply("c", {dst: PartitionWrite(remove=moved),
+                            src: PartitionWrite(add_ids=moved, add_vectors=x[moved])})
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+
+
+def test_device_resolution_falls_back_to_cpu() -> None:
+    from index.gpu import gpu_count
+
+    assert resolve_device("cpu") == "cpu"
+    if gpu_count() == 0:
+        assert resolve_device("auto") == "cpu"
+        with pytest.raises(RuntimeError, match="no GPU"):
+            resolve_device("cuda")
+    else:
+        assert resolve_device("auto") == "cuda"
+
+
+def test_partition_keys_must_be_path_safe() -> None:
+    with pytest.raises(ValueError):
+        PartitionKey("../etc", "m1")
+    with pytest.raises(ValueError):
+        PartitionKey("c1", "a/b")

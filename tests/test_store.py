@@ -1,0 +1,95 @@
+"""The storage layer against SQLite and PostgreSQL: migrations, upserts, atomicity, lookups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect, text
+
+from service.db import make_engine, migrate
+from service.store import AlreadyExists, Store
+
+
+@pytest.fixture
+def store(database_url: str) -> Store:
+    engine = make_engine(database_url)
+    migrate(engine)
+    migrate(engine)  # idempotent: a second start must not fail
+    yield Store(engine)
+    engine.dispose()
+
+
+def seed(store: Store, dim: int = 4):
+    model = store.create_model("v1", dim, "cosine", None, None)
+    coll = store.create_collection("g", model.id, {"kind": "flat"})
+    return model, coll
+
+
+def test_migrations_create_the_schema(store: Store) -> None:
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"models", "collections", "items", "alembic_version"} <= tables
+    with store.engine.connect() as conn:
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0001"
+
+
+def test_unique_names(store: Store) -> None:
+    model, _ = seed(store)
+    with pytest.raises(AlreadyExists):
+        store.create_model("v1", 8, "cosine", None, None)
+    with pytest.raises(AlreadyExists):
+        store.create_collection("g", model.id, {})
+
+
+def test_upsert_assigns_row_ids_and_reports_replacements(store: Store) -> None:
+    model, coll = seed(store)
+    v = np.eye(4, dtype=np.float32)
+    first = store.upsert_items(coll.id, model.id, ["a", "b", "c"], v[:3], [{"n": 1}, None, None])
+    assert first.created == 3 and first.updated == 0 and first.tag == 3
+    a, b, c = first.ids.tolist()
+    assert len({a, b, c}) == 3
+    second = store.upsert_items(coll.id, model.id, ["b", "d"], v[[3, 0]], [{"n": 2}, None])
+    assert second.created == 1 and second.updated == 1 and second.tag == 5
+    assert second.ids[0] == b, "a replaced item keeps its row id"
+    d = int(second.ids[1])
+    assert second.replaced[model.id].tolist() == [b]
+    item = store.get_item(coll.id, "b", {model.id: 4})
+    assert item.payload == {"n": 2} and item.seq == 4
+    np.testing.assert_array_equal(item.vector, v[3])
+    assert store.partition_ids(coll.id, model.id).tolist() == sorted([a, b, c, d])
+    assert store.partition_ids(coll.id, model.id, changed_after=3).tolist() == sorted([b, d])
+    assert store.item_counts(coll.id) == {model.id: 4}
+
+
+def test_vectors_round_trip_exactly(store: Store) -> None:
+    model, coll = seed(store, dim=7)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(600, 7)).astype(np.float32)  # more than one IN-chunk
+    out = store.upsert_items(coll.id, model.id, [f"k{i}" for i in range(600)], v, [None] * 600)
+    found, vecs = store.vectors_by_id(coll.id, out.ids.tolist(), 7)
+    by_id = dict(zip(found.tolist(), range(len(found)), strict=True))
+    np.testing.assert_array_equal(vecs[[by_id[i] for i in out.ids.tolist()]], v)
+    hits = store.hits_by_id(coll.id, [int(out.ids[0]), int(out.ids[599]), 10**12])
+    assert hits[int(out.ids[0])].key == "k0" and hits[int(out.ids[599])].key == "k599"
+    assert 10**12 not in hits
+
+
+def test_failed_batch_writes_nothing(store: Store) -> None:
+    model, coll = seed(store)
+    v = np.eye(4, dtype=np.float32)
+    store.upsert_items(coll.id, model.id, ["a"], v[:1], [None])
+    with pytest.raises(Exception):
+        # the duplicate key violates the unique constraint half-way through the batch
+        store.upsert_items(coll.id, model.id, ["x", "y", "x"], v[:3], [None] * 3)
+    assert store.item_counts(coll.id) == {model.id: 1}
+    assert store.get_collection("g").seq == 1, "the sequence reservation rolls back with the batch"
+
+
+def test_delete_item(store: Store) -> None:
+    model, coll = seed(store)
+    store.upsert_items(coll.id, model.id, ["a", "b"], np.eye(4, dtype=np.float32)[:2], [None, None])
+    out = store.upsert_items(coll.id, model.id, ["c"], np.eye(4, dtype=np.float32)[:1], [None])
+    a_id = store.partition_ids(coll.id, model.id)[0]
+    assert store.delete_item(coll.id, "a") == (model.id, a_id, out.tag + 1)
+    assert store.delete_item(coll.id, "a") is None
+    assert a_id not in store.partition_ids(coll.id, model.id).tolist()
+    assert store.item_counts(coll.id) == {model.id: 2}
