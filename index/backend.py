@@ -124,6 +124,13 @@ class IndexBackend(ABC):
         `queries` maps model -> (n, dim) float32 queries already in that partition's space.
         """
 
+    def search_cost(self, key: PartitionKey) -> int:
+        """Rough multiply-adds for one query against the partition (a scheduling hint, not a promise).
+
+        The default assumes an exhaustive scan; backends with cheaper structures override it.
+        """
+        return self.count(key) * 1024
+
     @abstractmethod
     def persist(self, key: PartitionKey) -> None:
         """Write a durable snapshot of the partition together with its collection's tag."""

@@ -31,14 +31,27 @@ class FaissBackend(IndexBackend):
         self.device = resolve_device(device)
         self._gpu = GpuReplicator() if self.device == "cuda" else None
         self._gpu_replicas: dict[PartitionKey, faiss.Index] = {}
-        if threads is not None:
-            faiss.omp_set_num_threads(threads)
+        self.threads = threads
+        self._thread_state = threading.local()
+        self._apply_threads()
         self._partitions: dict[PartitionKey, FaissPartition] = {}
         self._locks: dict[str, ReadWriteLock] = {}
         self._tags: dict[str, int] = {}
         self._registry_lock = threading.Lock()
 
     # ---- bookkeeping --------------------------------------------------------------------------
+    def _apply_threads(self) -> None:
+        """Apply the OpenMP thread count in the calling thread.
+
+        OpenMP's thread count is per thread: a worker thread that never called
+        `omp_set_num_threads` uses every core, which for single queries is about twice as slow
+        as one thread (measured, bench/serving.py). So every thread that searches or writes sets
+        it once.
+        """
+        if self.threads is not None and not getattr(self._thread_state, "set", False):
+            faiss.omp_set_num_threads(self.threads)
+            self._thread_state.set = True
+
     def _lock(self, collection: str) -> ReadWriteLock:
         with self._registry_lock:
             lock = self._locks.get(collection)
@@ -86,6 +99,10 @@ class FaissBackend(IndexBackend):
         with self._lock(key.collection).read():
             return len(self._partition(key))
 
+    def search_cost(self, key: PartitionKey) -> int:
+        part = self._partitions.get(key)
+        return part.search_cost() if part is not None else 0
+
     def live_ids(self, key: PartitionKey) -> np.ndarray:
         with self._lock(key.collection).read():
             return self._partition(key).live_ids()
@@ -93,6 +110,7 @@ class FaissBackend(IndexBackend):
     # ---- data ---------------------------------------------------------------------------------
     def apply(self, collection: str, writes: Mapping[str, PartitionWrite], tag: int | None = None) -> None:
         keys = {model: PartitionKey(collection, model) for model in writes}
+        self._apply_threads()
         with self._lock(collection).write():
             parts = {model: self._partition(key) for model, key in keys.items()}  # fail before mutating
             for model, write in writes.items():
@@ -108,6 +126,7 @@ class FaissBackend(IndexBackend):
         return self._tags.get(collection, 0)
 
     def search(self, collection: str, queries: Mapping[str, np.ndarray], k: int) -> dict[str, SearchResult]:
+        self._apply_threads()
         with self._lock(collection).read():
             out: dict[str, SearchResult] = {}
             for model, q in queries.items():

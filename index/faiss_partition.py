@@ -91,6 +91,17 @@ class FaissPartition:
             return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
         return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
 
+    def search_cost(self) -> int:
+        """Approximate multiply-adds for one query: vectors compared times dimension."""
+        n = len(self)
+        if self.is_hnsw:
+            compared = min(n, self.spec.hnsw_ef_search * self.spec.hnsw_m * 2)
+        elif self.is_trained_ivf:
+            compared = self.index.nlist + n * min(1.0, self.spec.ivf_nprobe / self.index.nlist)
+        else:
+            compared = n
+        return int(compared * self.dim)
+
     def search(self, queries: np.ndarray, k: int, via: faiss.Index | None = None) -> SearchResult:
         """Top-k search; `via` runs it on a replica of this index (a GPU copy) instead."""
         q = prepare_vectors(queries, self.metric)

@@ -18,8 +18,10 @@ from service.db import make_engine, migrate
 from service.errors import ApiError
 from service.gallery import Gallery
 from service.index_sync import SnapshotScheduler, load_all
+from service.json_body import install_openapi
 from service.registry import Registry
 from service.routes import collections, health, models
+from service.schemas import QueryRequest, UpsertRequest
 from service.settings import Settings, get_settings
 from service.store import Store
 
@@ -105,4 +107,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(collections.router)
+    install_openapi(app, [UpsertRequest, QueryRequest])
     return app

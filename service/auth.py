@@ -31,11 +31,11 @@ def _check(settings: Settings, creds: HTTPAuthorizationCredentials | None) -> No
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="API key not accepted")
 
 
-def require_admin(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+async def require_admin(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     _check(request.app.state.settings, creds)
 
 
-def require_reader(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+async def require_reader(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     settings: Settings = request.app.state.settings
     if settings.read_requires_key:
         _check(settings, creds)

@@ -22,8 +22,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -79,8 +79,9 @@ class Collection(Base):
 class Item(Base):
     """One gallery item and its current vector.
 
-    `seq` identifies the vector (not the item): it changes on every upsert and is the id the FAISS
-    partition stores, so a search hit whose seq no longer exists is recognisably stale.
+    `id` (the row id) is the id the FAISS partitions store; it is stable for the item's life.
+    `seq` is the collection change counter at the item's last write, so start-up repair can find
+    the vectors written after an index snapshot was taken.
     """
 
     __tablename__ = "items"

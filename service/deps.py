@@ -1,4 +1,8 @@
-"""Accessors for the application objects that routes need (kept on `app.state`)."""
+"""Accessors for the application objects that routes need (kept on `app.state`).
+
+They are `async def` on purpose: FastAPI runs plain `def` dependencies in its thread pool, and a
+thread hop per dependency costs more than these attribute reads.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,13 @@ from service.registry import Registry
 from service.settings import Settings
 
 
-def registry(request: Request) -> Registry:
+async def registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def gallery(request: Request) -> Gallery:
+async def gallery(request: Request) -> Gallery:
     return request.app.state.gallery
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     return request.app.state.settings

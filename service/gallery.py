@@ -135,6 +135,13 @@ class Gallery:
                 sizes[int(pkey.model[1:])] = n
         return sizes
 
+    def search_work(self, collection: CollectionRecord, n_queries: int) -> int:
+        """Rough multiply-add count of a search, to decide where it runs (see the query route)."""
+        return sum(
+            n_queries * self.backend.search_cost(partition_key(collection.id, mid))
+            for mid in self.partition_sizes(collection)
+        )
+
     def query(
         self,
         collection: CollectionRecord,

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     faiss_threads: int = Field(
         1, ge=1, description="OpenMP threads per FAISS search; 1 wins for one-query-per-request serving."
     )
+    inline_search_work: int = Field(
+        20_000_000, ge=0,
+        description="Searches estimated below this many multiply-adds run on the event loop, larger ones "
+        "in the thread pool (0 = always the thread pool).",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_batch_items: int = Field(10_000, ge=1, description="Largest upsert batch (items per request).")

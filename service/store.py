@@ -11,14 +11,23 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from service.db_models import Collection, Item, ModelVersion, utcnow
 
 _IN_CHUNK = 500  # keep IN (...) lists well under every driver's parameter limit
 VECTOR_DTYPE = np.dtype("<f4")
+
+
+# Hot-path statements, built once (an expanding IN parameter keeps them cacheable for any length).
+_IDS = bindparam("ids", expanding=True)
+_HITS = select(Item.id, Item.collection_id, Item.key, Item.model_id).where(Item.id.in_(_IDS))
+_HITS_WITH_PAYLOAD = select(Item.id, Item.collection_id, Item.key, Item.model_id, Item.payload).where(
+    Item.id.in_(_IDS)
+)
+_VECTORS = select(Item.id, Item.collection_id, Item.vector).where(Item.id.in_(_IDS))
 
 
 class AlreadyExists(Exception):
@@ -250,12 +259,15 @@ class Store:
 
     def hits_by_id(self, collection_id: int, ids: Sequence[int], with_payload: bool = True) -> dict[int, HitRecord]:
         """Resolve index ids (item row ids) to items; ids of deleted items are absent."""
-        cols = [Item.id, Item.key, Item.model_id] + ([Item.payload] if with_payload else [])
+        # Filter on the primary key only and check the collection here: with both in the WHERE
+        # clause SQLite's planner may pick the (collection_id, ...) index and scan the collection.
+        statement = _HITS_WITH_PAYLOAD if with_payload else _HITS
         out: dict[int, HitRecord] = {}
-        with self._sessions() as s:
+        with self.engine.connect() as conn:
             for chunk in _chunks(list(ids)):
-                for row in s.execute(select(*cols).where(Item.collection_id == collection_id, Item.id.in_(chunk))):
-                    out[row.id] = HitRecord(row.key, row.model_id, row.payload if with_payload else None)
+                for row in conn.execute(statement, {"ids": list(chunk)}):
+                    if row.collection_id == collection_id:
+                        out[row.id] = HitRecord(row.key, row.model_id, row.payload if with_payload else None)
         return out
 
     def partition_ids(self, collection_id: int, model_id: int, changed_after: int | None = None) -> np.ndarray:
@@ -271,11 +283,10 @@ class Store:
         """(row ids found, their vectors) for the given row ids."""
         found: list[int] = []
         blobs: list[bytes] = []
-        with self._sessions() as s:
+        with self.engine.connect() as conn:
             for chunk in _chunks(list(ids)):
-                for row_id, blob in s.execute(
-                    select(Item.id, Item.vector).where(Item.collection_id == collection_id, Item.id.in_(chunk))
-                ):
-                    found.append(row_id)
-                    blobs.append(blob)
+                for row_id, owner, blob in conn.execute(_VECTORS, {"ids": list(chunk)}):
+                    if owner == collection_id:  # primary-key lookup only; see hits_by_id
+                        found.append(row_id)
+                        blobs.append(blob)
         return np.asarray(found, dtype=np.int64), decode_vectors(blobs, dim)

@@ -265,6 +265,9 @@ def test_malformed_json_is_422(client, gallery) -> None:
     _, c, _ = gallery
     r = client.post(f"/v1/collections/{c}/items", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "body" and "JSON" in r.json()["detail"]
+    r = client.post(f"/v1/collections/{c}/query", content=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 422
 
 
 def test_health_and_openapi(client) -> None:
@@ -274,3 +277,9 @@ def test_health_and_openapi(client) -> None:
     spec = client.get("/openapi.json").json()
     assert "/v1/collections/{name}/query" in spec["paths"]
     assert client.get("/docs").status_code == 200
+    # bodies parsed from raw bytes are still documented, nested models included
+    query_body = spec["paths"]["/v1/collections/{name}/query"]["post"]["requestBody"]
+    assert query_body["content"]["application/json"]["schema"]["$ref"].endswith("/QueryRequest")
+    schemas = spec["components"]["schemas"]
+    assert {"QueryRequest", "UpsertRequest", "ItemIn"} <= set(schemas)
+    assert "k" in schemas["QueryRequest"]["properties"]

@@ -182,3 +182,25 @@ def test_partition_keys_must_be_path_safe() -> None:
         PartitionKey("../etc", "m1")
     with pytest.raises(ValueError):
         PartitionKey("c1", "a/b")
+
+
+def test_thread_count_applies_in_every_searching_thread() -> None:
+    """OpenMP thread counts are per thread; worker threads must not fall back to all cores."""
+    import threading
+
+    import faiss
+
+    backend = FaissBackend(None, threads=1)
+    key = PartitionKey("c1", "m1")
+    backend.ensure_partition(key, 8, "cosine", IndexSpec())
+    backend.apply("c1", {"m1": PartitionWrite(add_ids=np.arange(10), add_vectors=clustered(10, 8))})
+    seen = {}
+
+    def worker() -> None:
+        backend.search("c1", {"m1": clustered(1, 8)}, 3)
+        seen["threads"] = faiss.omp_get_max_threads()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["threads"] == 1

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter, Depends, Response, status
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from index import IndexSpec
 from service import deps
 from service.auth import require_admin, require_reader
 from service.errors import Invalid, TooLarge
 from service.gallery import Gallery, QueryOutcome
+from service.json_body import json_body, openapi_body
 from service.registry import Registry
 from service.schemas import (
     CollectionCreate,
     CollectionOut,
-    Hit,
     IndexOptions,
     ItemOut,
-    PartitionReport,
     QueryOut,
     QueryRequest,
-    QueryResult,
     UpsertOut,
     UpsertRequest,
 )
@@ -61,10 +61,11 @@ def get_collection(name: str, registry: Registry = Depends(deps.registry)) -> Co
 
 
 # ---- items ---------------------------------------------------------------------------------------
-@router.post("/{name}/items", response_model=UpsertOut, dependencies=[Depends(require_admin)])
+@router.post("/{name}/items", response_model=UpsertOut, dependencies=[Depends(require_admin)],
+             openapi_extra=openapi_body(UpsertRequest))
 def upsert_items(
     name: str,
-    body: UpsertRequest,
+    body: UpsertRequest = Depends(json_body(UpsertRequest)),
     registry: Registry = Depends(deps.registry),
     gallery: Gallery = Depends(deps.gallery),
     settings: Settings = Depends(deps.settings),
@@ -141,41 +142,57 @@ def _query_matrix(body: QueryRequest, dim: int, max_batch: int) -> np.ndarray:
 
 
 @router.post("/{name}/query", response_model=QueryOut, response_model_exclude_none=True,
-             dependencies=[Depends(require_reader)])
-def query(
+             dependencies=[Depends(require_reader)], openapi_extra=openapi_body(QueryRequest))
+async def query(
     name: str,
-    body: QueryRequest,
+    body: QueryRequest = Depends(json_body(QueryRequest)),
     registry: Registry = Depends(deps.registry),
     gallery: Gallery = Depends(deps.gallery),
     settings: Settings = Depends(deps.settings),
-) -> QueryOut:
+) -> JSONResponse:
+    """Search the collection; one vector gives `hits`, a batch gives `results` (one per query).
+
+    Small searches run on the event loop: a thread-pool hop costs more than a sub-millisecond
+    FAISS search. Large ones (big flat partitions, big batches) go to the thread pool so that the
+    loop keeps serving other requests and FAISS, which releases the GIL, can use every core.
+    """
     collection = registry.collection(name)
     model = registry.model_for_collection(collection, body.model)
     queries = _query_matrix(body, model.dim, settings.max_query_batch)
-    outcome = gallery.query(collection, model, queries, body.k, body.include_payload)
-    return _query_out(body, model.name, outcome, registry)
+    if gallery.search_work(collection, len(queries)) <= settings.inline_search_work:
+        outcome = gallery.query(collection, model, queries, body.k, body.include_payload)
+    else:
+        outcome = await run_in_threadpool(gallery.query, collection, model, queries, body.k, body.include_payload)
+    return JSONResponse(_query_out(body, model.name, outcome, registry))
 
 
-def _query_out(body: QueryRequest, model_name: str, outcome: QueryOutcome, registry: Registry) -> QueryOut:
-    names = {}
+def _query_out(body: QueryRequest, model_name: str, outcome: QueryOutcome, registry: Registry) -> dict:
+    """The QueryOut body as plain data (built directly: this is the hot path)."""
+    names: dict[int, str] = {}
 
     def name_of(model_id: int) -> str:
         if model_id not in names:
             names[model_id] = registry.model_by_id(model_id).name
         return names[model_id]
 
-    results = [
-        QueryResult(hits=[Hit(id=h.key, score=h.score, model=name_of(h.model_id), payload=h.payload) for h in row])
-        for row in outcome.hits
-    ]
-    searched = [PartitionReport(model=name_of(m), items=n) for m, n in outcome.searched.items()]
-    skipped = [
-        PartitionReport(model=name_of(m), items=n, reason=f"no trained transformation from {model_name!r}")
-        for m, n in outcome.skipped.items()
-    ]
-    out = QueryOut(model=model_name, k=body.k, searched=searched, skipped=skipped)
+    def hit(h) -> dict:
+        out = {"id": h.key, "score": h.score, "model": name_of(h.model_id)}
+        if h.payload is not None:
+            out["payload"] = h.payload
+        return out
+
+    results = [[hit(h) for h in row] for row in outcome.hits]
+    out: dict = {
+        "model": model_name,
+        "k": body.k,
+        "searched": [{"model": name_of(m), "items": n} for m, n in outcome.searched.items()],
+        "skipped": [
+            {"model": name_of(m), "items": n, "reason": f"no trained transformation from {model_name!r}"}
+            for m, n in outcome.skipped.items()
+        ],
+    }
     if body.is_batch:
-        out.results = results
+        out["results"] = [{"hits": row} for row in results]
     else:
-        out.hits = results[0].hits
+        out["hits"] = results[0]
     return out
