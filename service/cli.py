@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
@@ -47,6 +48,30 @@ def migrate() -> None:
     engine = make_engine(settings.resolved_database_url, settings.sqlite_synchronous)
     run_migrations(engine)
     typer.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@app.command()
+def evaluate(
+    old_train: Path = typer.Option(..., "--old-train", help="Old-model embeddings of the training items (.npy)."),
+    new_train: Path = typer.Option(..., "--new-train", help="New-model embeddings, rows paired with --old-train."),
+    old_test: Path = typer.Option(..., "--old-test", help="Old-model embeddings of held-out items."),
+    new_test: Path = typer.Option(..., "--new-test", help="New-model embeddings, rows paired with --old-test."),
+    labels_train: Path | None = typer.Option(None, "--labels-train", help="Class labels of training rows."),
+    labels_test: Path | None = typer.Option(None, "--labels-test", help="Class labels of test rows."),
+    method: str = typer.Option("auto", "--method", help="auto, or one method name."),
+    params: str | None = typer.Option(None, "--params", help="JSON object of method parameters."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
+) -> None:
+    """Offline upgrade report: fit transformation(s) on training pairs, measure on test pairs.
+
+    Exit status: 0 when the selected method passes the compatibility criterion, 3 when none does,
+    2 for bad input.
+    """
+    from service.evaluate_cli import run_evaluate
+
+    raise typer.Exit(run_evaluate(old_train, new_train, old_test, new_test, labels_train, labels_test,
+                                  method, seed, json_out, params))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""The interface every compatibility transformation implements, and its persistence.
+
+An adapter is fitted on paired embeddings of the same items under an old and a new encoder and then
+maps *new-model queries* into a space where they can be compared with *old-model gallery vectors*
+("new/old" retrieval). Some methods also produce a richer representation for new/new search
+(`transform_new`) or a forward map for stored old vectors (`forward`); the defaults say "not
+provided".
+
+Persistence: tensors go to `weights.safetensors`, everything else (method name, dims,
+hyper-parameters, fit report) to `config.json`, so a saved adapter can be inspected without
+loading it and loaded without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+ProgressFn = Callable[[float, str], None]
+"""progress(fraction in [0, 1], message) -- called during fitting; must be cheap."""
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class FitReport:
+    """What fitting did: how long it took and, for trained methods, the curve it followed."""
+
+    method: str
+    fit_seconds: float = 0.0
+    steps: int = 0
+    stopped_early: bool = False
+    best_val_loss: float | None = None
+    # [{"step", "train_loss", "val_loss"}]; val_loss is lower-is-better (see notes["val_objective"])
+    curve: list[dict[str, float]] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    """float32 (n, d) with finite values, or a ValueError naming the input."""
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-d array, got shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return np.ascontiguousarray(arr)
+
+
+def check_pairs(x_old: np.ndarray, x_new: np.ndarray, labels: np.ndarray | None) -> tuple:
+    x_old, x_new = as_matrix(x_old, "x_old"), as_matrix(x_new, "x_new")
+    if len(x_old) != len(x_new):
+        raise ValueError(f"x_old has {len(x_old)} rows but x_new has {len(x_new)}; rows must be paired")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(x_old),):
+            raise ValueError(f"labels must have shape ({len(x_old)},), got {labels.shape}")
+    return x_old, x_new, labels
+
+
+class Adapter(ABC):
+    """A fitted (or fittable) map from the new model's space to the old model's space."""
+
+    name: ClassVar[str]
+    uses_labels: ClassVar[bool] = False  # True: fit() exploits labels when they are given
+    needs_old_query: ClassVar[bool] = False  # True: transform() needs the query in both models
+
+    def __init__(self, **params: Any) -> None:
+        self.params: dict[str, Any] = {**self.default_params(), **params}
+        unknown = set(params) - set(self.default_params())
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameters {sorted(unknown)}")
+        self.d_old: int | None = None
+        self.d_new: int | None = None
+        self.report: FitReport | None = None
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {}
+
+    # ---- fitting --------------------------------------------------------------------------------
+    def fit(
+        self,
+        x_old: np.ndarray,
+        x_new: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        seed: int = 0,
+        progress: ProgressFn | None = None,
+    ) -> FitReport:
+        """Learn the map from paired rows (`x_old[i]`, `x_new[i]` embed the same item)."""
+        x_old, x_new, labels = check_pairs(x_old, x_new, labels)
+        self.d_old, self.d_new = x_old.shape[1], x_new.shape[1]
+        started = time.perf_counter()
+        report = self._fit(x_old, x_new, labels if self.uses_labels else None, seed, progress or _quiet)
+        report.fit_seconds = time.perf_counter() - started
+        self.report = report
+        return report
+
+    @abstractmethod
+    def _fit(self, x_old: np.ndarray, x_new: np.ndarray, labels: np.ndarray | None, seed: int,
+             progress: ProgressFn) -> FitReport: ...
+
+    # ---- using --------------------------------------------------------------------------------
+    @abstractmethod
+    def transform(self, x_new: np.ndarray, x_old: np.ndarray | None = None) -> np.ndarray:
+        """Queries embedded by the new model -> vectors comparable (cosine) with old vectors."""
+
+    def transform_new(self, x_new: np.ndarray) -> np.ndarray:
+        """The representation used for new/new search (default: the new embedding itself)."""
+        return as_matrix(x_new, "x_new")
+
+    def forward(self, x_old: np.ndarray) -> np.ndarray | None:
+        """Old vectors -> the new space, where the method provides one (else None)."""
+        return None
+
+    # ---- persistence --------------------------------------------------------------------------
+    @abstractmethod
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every learned array, for safetensors."""
+
+    @abstractmethod
+    def load_tensors(self, tensors: dict[str, np.ndarray]) -> None: ...
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "d_old": self.d_old,
+            "d_new": self.d_new,
+            "params": self.params,
+            "report": self.report.as_dict() if self.report else None,
+        }
+
+    def save(self, directory: Path | str) -> Path:
+        """Write config.json + weights.safetensors into `directory` (created if needed)."""
+        if self.d_old is None:
+            raise RuntimeError(f"{self.name}: fit before saving")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in self.tensors().items()}, directory / WEIGHTS_FILE)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, default=_json_default))
+        return directory
+
+    def _require_fitted(self) -> None:
+        if self.d_old is None:
+            raise RuntimeError(f"{self.name}: call fit() or load() first")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _quiet(_fraction: float, _message: str) -> None:
+    return None
+
+
+def restore_common(adapter: Adapter, config: dict[str, Any], directory: Path) -> Adapter:
+    adapter.d_old, adapter.d_new = config["d_old"], config["d_new"]
+    if config.get("report"):
+        adapter.report = FitReport(**config["report"])
+    adapter.load_tensors(load_file(directory / WEIGHTS_FILE))
+    return adapter

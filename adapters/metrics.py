@@ -1,0 +1,235 @@
+"""Retrieval metrics for compatibility, exactly as ../shared/docs/methods.md defines them.
+
+Setting: the held-out items are both the queries and the gallery; each query is excluded from its
+own gallery (leave-one-out); similarity is cosine; a gallery item is relevant when it has the
+query's label. Rankings are full (every gallery item is ranked), computed in query chunks so that
+50k x 50k evaluations fit in memory (a chunk holds `chunk x n_gallery` scores).
+
+Metrics per query, averaged over queries that have at least one relevant item:
+- top-k (CMC): 1 if a relevant item is within the first k results;
+- AP (mAP): mean over relevant items of precision at that item's rank, over the full ranking;
+- AP@R (mAP@R): with R the number of relevant items, sum over ranks i <= R of P(i)·rel(i), / R.
+Same-item pairing (no labels): the query's own item in the other model is the one relevant
+gallery item; Recall@k and MRR.
+
+Ties between scores are broken by gallery position (stable sort), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_CHUNK = 1024
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class RetrievalMetrics:
+    """M(q, g): retrieval quality with queries from model q against a gallery from model g."""
+
+    top1: float
+    top5: float
+    mAP: float
+    mAP_at_R: float
+    queries: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"top1": self.top1, "top5": self.top5, "mAP": self.mAP, "mAP@R": self.mAP_at_R}
+
+
+@dataclass(frozen=True)
+class PairingMetrics:
+    """Same-item retrieval: query i's relevant gallery item is item i itself (other model)."""
+
+    recall_at_1: float
+    recall_at_10: float
+    mrr: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"recall@1": self.recall_at_1, "recall@10": self.recall_at_10, "MRR": self.mrr}
+
+
+def _labels_as_codes(labels: Sequence | np.ndarray) -> np.ndarray:
+    """Any labels (ints, strings) -> int codes, so comparisons are cheap."""
+    _, codes = np.unique(np.asarray(labels), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def retrieval_metrics(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    labels: Sequence | np.ndarray,
+    *,
+    exclude_self: bool = True,
+    top_k: Sequence[int] = (1, 5),
+    chunk: int = DEFAULT_CHUNK,
+) -> RetrievalMetrics:
+    """Leave-one-out retrieval of `queries[i]` over `gallery` (row i is the same item as query i).
+
+    `queries` and `gallery` must already be in one comparable space (same width).
+    """
+    q = normalize(queries)
+    g = normalize(gallery)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"queries have width {q.shape[1]}, gallery {g.shape[1]}")
+    if exclude_self and len(q) != len(g):
+        raise ValueError("leave-one-out needs the same items as queries and gallery")
+    codes = _labels_as_codes(labels)
+    if len(codes) != len(g):
+        raise ValueError("one label per gallery item is required")
+    n_g = len(g)
+    class_sizes = np.bincount(codes)
+    hits = {k: 0.0 for k in top_k}
+    ap_sum = apr_sum = 0.0
+    counted = 0
+    positions = np.arange(1, n_g + 1, dtype=np.float64)
+    for start in range(0, len(q), chunk):
+        stop = min(start + chunk, len(q))
+        scores = q[start:stop] @ g.T
+        rows = np.arange(stop - start)
+        if exclude_self:
+            scores[rows, np.arange(start, stop)] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")
+        q_codes = codes[start:stop]
+        rel = codes[order] == q_codes[:, None]
+        if exclude_self:
+            rel[:, -1] = False  # the query itself is ranked last (score -inf) and is never relevant
+        n_rel = class_sizes[q_codes] - (1 if exclude_self else 0)
+        valid = n_rel > 0
+        if not valid.any():
+            continue
+        rel, n_rel = rel[valid], n_rel[valid]
+        for k in top_k:
+            hits[k] += float(rel[:, :k].any(axis=1).sum())
+        cum = np.cumsum(rel, axis=1)
+        precision_at_hit = np.where(rel, cum / positions, 0.0)
+        ap_sum += float((precision_at_hit.sum(axis=1) / n_rel).sum())
+        within_r = positions[None, :] <= n_rel[:, None]
+        apr_sum += float((np.where(within_r, precision_at_hit, 0.0).sum(axis=1) / n_rel).sum())
+        counted += int(valid.sum())
+    if counted == 0:
+        raise ValueError("no query has a relevant item in the gallery")
+    return RetrievalMetrics(
+        top1=hits.get(1, 0.0) / counted,
+        top5=hits.get(5, 0.0) / counted,
+        mAP=ap_sum / counted,
+        mAP_at_R=apr_sum / counted,
+        queries=counted,
+    )
+
+
+def pairing_metrics(queries: np.ndarray, gallery: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> PairingMetrics:
+    """Recall@1, Recall@10 and MRR of finding item i's gallery vector with item i's query vector."""
+    q = normalize(queries)
+    g = normalize(gallery)
+    if q.shape != g.shape:
+        raise ValueError(f"paired queries {q.shape} and gallery {g.shape} must have the same shape")
+    r1 = r10 = rr = 0.0
+    for start in range(0, len(q), chunk):
+        stop = min(start + chunk, len(q))
+        scores = q[start:stop] @ g.T
+        own = scores[np.arange(stop - start), np.arange(start, stop)]
+        # rank = 1 + number of items scoring strictly higher, + ties placed before it (stable order)
+        higher = (scores > own[:, None]).sum(axis=1)
+        ties_before = np.array(
+            [(scores[i, : start + i] == own[i]).sum() for i in range(stop - start)], dtype=np.int64
+        )
+        rank = 1 + higher + ties_before
+        r1 += float((rank <= 1).sum())
+        r10 += float((rank <= 10).sum())
+        rr += float((1.0 / rank).sum())
+    n = len(q)
+    return PairingMetrics(r1 / n, r10 / n, rr / n)
+
+
+def consensus_neighbours(old: np.ndarray, new: np.ndarray, k: int = 10, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """Pseudo-relevance for label-free evaluation: each item's consensus neighbours.
+
+    Item j is relevant to query i when j is among i's k nearest neighbours under *both* models
+    (i itself excluded) -- a relevance that favours neither model. Returns an (n, k) array of
+    gallery indices, -1 where fewer than k neighbours agree.
+    """
+    o, w = normalize(old), normalize(new)
+    n = len(o)
+    k = min(k, n - 1)
+    out = np.full((n, k), -1, dtype=np.int64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        rows = np.arange(stop - start)
+        tops = []
+        for space in (o, w):
+            s = space[start:stop] @ space.T
+            s[rows, np.arange(start, stop)] = -np.inf
+            tops.append(np.argpartition(-s, k, axis=1)[:, :k])
+        for i in rows:
+            agreed = np.intersect1d(tops[0][i], tops[1][i])
+            out[start + i, : len(agreed)] = agreed
+    return out
+
+
+def neighbour_metrics(
+    queries: np.ndarray, gallery: np.ndarray, neighbours: np.ndarray, *, chunk: int = DEFAULT_CHUNK
+) -> RetrievalMetrics:
+    """Leave-one-out retrieval where query i's relevant items are `neighbours[i]` (-1 = none)."""
+    q, g = normalize(queries), normalize(gallery)
+    n = len(g)
+    positions = np.arange(1, n + 1, dtype=np.float64)
+    top1 = top5 = ap_sum = apr_sum = 0.0
+    counted = 0
+    for start in range(0, len(q), chunk):
+        stop = min(start + chunk, len(q))
+        rows = np.arange(stop - start)
+        scores = q[start:stop] @ g.T
+        scores[rows, np.arange(start, stop)] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")
+        relevant = np.zeros((stop - start, n), dtype=bool)
+        nb = neighbours[start:stop]
+        r_idx, c_idx = np.nonzero(nb >= 0)
+        relevant[r_idx, nb[r_idx, c_idx]] = True
+        rel = np.take_along_axis(relevant, order, axis=1)
+        n_rel = rel.sum(axis=1)
+        valid = n_rel > 0
+        rel, n_rel = rel[valid], n_rel[valid]
+        top1 += float(rel[:, 0].sum())
+        top5 += float(rel[:, :5].any(axis=1).sum())
+        cum = np.cumsum(rel, axis=1)
+        p_hit = np.where(rel, cum / positions, 0.0)
+        ap_sum += float((p_hit.sum(axis=1) / n_rel).sum())
+        apr_sum += float((np.where(positions[None, :] <= n_rel[:, None], p_hit, 0.0).sum(axis=1) / n_rel).sum())
+        counted += int(valid.sum())
+    if counted == 0:
+        raise ValueError("no query has a relevant item")
+    return RetrievalMetrics(top1 / counted, top5 / counted, ap_sum / counted, apr_sum / counted, counted)
+
+
+# ---- compatibility summaries ------------------------------------------------------------------
+def passes_ecc(cross: float, old_old: float) -> bool:
+    """Empirical compatibility criterion: M(new->old) > M(old/old)."""
+    return cross > old_old
+
+
+def gap_closed(cross: float, old_old: float, new_new: float) -> float:
+    """Share of the full-backfill gain obtained without backfill (nan when new/new <= old/old)."""
+    gain = new_new - old_old
+    return float("nan") if gain <= 0 else (cross - old_old) / gain
+
+
+def compatibility_summary(matrix: Sequence[Sequence[float]]) -> dict[str, float]:
+    """AC and AM of a lower-triangular compatibility matrix C[i][j] (query model i, gallery j <= i).
+
+    AC = share of pairs i > j with C[i][j] > C[j][j]; AM = mean of the lower triangle with the
+    diagonal. With a single model AC is undefined (nan).
+    """
+    c = [list(row) for row in matrix]
+    t = len(c)
+    pairs = [(i, j) for i in range(t) for j in range(i)]
+    ac = sum(c[i][j] > c[j][j] for i, j in pairs) / len(pairs) if pairs else float("nan")
+    lower = [c[i][j] for i in range(t) for j in range(i + 1)]
+    return {"AC": float(ac), "AM": float(np.mean(lower))}

@@ -1,0 +1,175 @@
+"""Compatibility benchmark: `nobackfill evaluate` over the real WordNet embeddings.
+
+    python -m bench.compat                       # all pairs, seeds 0 and 1, plus class-disjoint
+    python -m bench.compat --pairs minilm:mpnet --seeds 0
+
+For each encoder pair (old -> new) on ../shared/data/wordnet-4k, each training mode (with labels /
+without labels -- test relevance is always "same WordNet category") and each split:
+- stratified half split (per category, half the items fit, half test), several seeds;
+- class-disjoint split (fit on the items of half the categories, test on the others): the honest
+  test of generalisation to content the pairs never covered.
+it runs the evaluate engine with `--method auto` (every method fitted on the training half; auto
+chooses on held-out training pairs) and records every method's new/old numbers. Writes
+bench/results/compat.json and bench/results/compat.md (the table in README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.evaluate_cli import _jsonable, build_report
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "wordnet-4k"
+RESULTS = ROOT / "bench" / "results"
+PAIRS = ["minilm:mpnet", "minilm:e5", "static64:minilm", "mpnet:minilm"]
+BASELINES = ("procrustes", "affine")
+
+
+def load_wordnet() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    labels = np.array([json.loads(line)["label"] for line in (DATA / "items.jsonl").open()])
+    vectors = {m: np.load(DATA / f"text_{m}.npy").astype(np.float32) for m in ("static64", "minilm", "e5", "mpnet")}
+    return vectors, labels
+
+
+def stratified_half(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        half = len(idx) // 2
+        train.extend(idx[:half])
+        test.extend(idx[half:])
+    return np.sort(train), np.sort(test)
+
+
+def class_disjoint(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(labels))
+    fit_classes = classes[: len(classes) // 2]
+    in_fit = np.isin(labels, fit_classes)
+    return np.flatnonzero(in_fit), np.flatnonzero(~in_fit)
+
+
+def run(pairs: list[str], seeds: list[int], log) -> list[dict]:
+    vectors, labels = load_wordnet()
+    splits = [("stratified", s) for s in seeds] + [("class-disjoint", seeds[0])]
+    runs = []
+    for pair in pairs:
+        old, new = pair.split(":")
+        for split, seed in splits:
+            train, test = (stratified_half if split == "stratified" else class_disjoint)(labels, seed)
+            for mode in ("labels", "no labels"):
+                data = {
+                    "old_train": vectors[old][train], "new_train": vectors[new][train],
+                    "old_test": vectors[old][test], "new_test": vectors[new][test],
+                    "labels_train": labels[train] if mode == "labels" else None,
+                    "labels_test": labels[test],
+                }
+                started = time.perf_counter()
+                report = build_report(data, "auto", seed, lambda f, m: None)
+                for r in report["methods"].values():
+                    r.pop("curve", None)
+                runs.append({"pair": pair, "split": split, "seed": seed, "mode": mode, "report": report})
+                sel = report["selected"]
+                log(f"{pair:16s} {split:14s} seed {seed} {mode:9s} auto={sel:11s} "
+                    f"top1 {report['methods'][sel]['new/old']['top1']:.3f} "
+                    f"mAP@R {report['methods'][sel]['new/old']['mAP@R']:.4f} "
+                    f"({time.perf_counter() - started:.0f}s)")
+    return runs
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Mean over seeds per (pair, split, mode)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["pair"], r["split"], r["mode"]), []).append(r["report"])
+    rows = []
+    for (pair, split, mode), reports in groups.items():
+        def mean(get) -> float:
+            return float(np.mean([get(rep) for rep in reports]))
+
+        methods = list(reports[0]["methods"])
+        row = {"pair": pair, "split": split, "mode": mode, "seeds": len(reports)}
+        for key in ("old/old", "new/new", "new/old raw"):
+            row[key] = {m: mean(lambda rep, k=key, m=m: rep["rows"][k][m]) for m in ("top1", "mAP@R")}
+        row["methods"] = {
+            name: {
+                "top1": mean(lambda rep, n=name: rep["methods"][n]["new/old"]["top1"]),
+                "mAP@R": mean(lambda rep, n=name: rep["methods"][n]["new/old"]["mAP@R"]),
+                "ecc_rate": mean(lambda rep, n=name: float(rep["methods"][n]["ecc"])),
+                "fit_seconds": mean(lambda rep, n=name: rep["methods"][n]["fit_seconds"]),
+            }
+            for name in methods
+        }
+        row["auto"] = {
+            "top1": mean(lambda rep: rep["methods"][rep["selected"]]["new/old"]["top1"]),
+            "mAP@R": mean(lambda rep: rep["methods"][rep["selected"]]["new/old"]["mAP@R"]),
+            "ecc_rate": mean(lambda rep: float(rep["methods"][rep["selected"]]["ecc"])),
+            "selected": [rep["selected"] for rep in reports],
+        }
+        best = {m: max(row["methods"][b][m] for b in BASELINES) for m in ("top1", "mAP@R")}
+        row["best_baseline"] = best
+        row["auto_beats_baselines"] = row["auto"]["top1"] > best["top1"] and row["auto"]["mAP@R"] > best["mAP@R"]
+        row["any_method_passes_ecc"] = any(
+            row["methods"][n]["ecc_rate"] > 0 for n in methods if n != "slerp"
+        )
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    names = ["procrustes", "affine", "lambda_orth", "oca", "bt2", "slerp"]
+    head = ("| old → new | split | training | old/old | new/new | raw | "
+            + " | ".join(names) + " | auto (chosen) | auto > baselines |")
+    lines = [
+        "new/old top-1 / mAP@R, mean over seeds; ✓ = passes the ECC (mAP@R) in every seed. "
+        "slerp needs the query embedded by both models.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    for r in rows:
+        def cell(m: dict, ecc: float | None = None) -> str:
+            mark = "" if ecc is None else (" ✓" if ecc == 1.0 else "")
+            return f"{m['top1']:.3f} / {m['mAP@R']:.3f}{mark}"
+
+        chosen = ", ".join(sorted(set(r["auto"]["selected"])))
+        lines.append(
+            f"| {r['pair'].replace(':', ' → ')} | {r['split']} | {r['mode']} | {cell(r['old/old'])} | "
+            f"{cell(r['new/new'])} | {cell(r['new/old raw'])} | "
+            + " | ".join(cell(r["methods"][n], r["methods"][n]["ecc_rate"]) for n in names)
+            + f" | {cell(r['auto'], r['auto']['ecc_rate'])} ({chosen}) | {'yes' if r['auto_beats_baselines'] else 'no'} |"
+        )
+    fit = {}
+    for r in rows:
+        for n, m in r["methods"].items():
+            fit.setdefault(n, []).append(m["fit_seconds"])
+    lines += ["", "Mean fit time per method (s, ~2,150 pairs, 2 CPU cores): "
+              + ", ".join(f"{n} {np.mean(v):.1f}" for n, v in fit.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", default=",".join(PAIRS))
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--out", type=Path, default=RESULTS / "compat.json")
+    args = parser.parse_args()
+    runs = run(args.pairs.split(","), [int(s) for s in args.seeds.split(",")], lambda m: print(m, flush=True))
+    rows = summarise(runs)
+    table = markdown(rows)
+    print("\n" + table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_jsonable({"summary": rows, "runs": runs}), indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

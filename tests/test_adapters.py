@@ -1,0 +1,132 @@
+"""Adapters on real embeddings (tests/data: MiniLM -> mpnet on 480 WordNet definitions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapters import METHODS, create, load
+from adapters.evaluate import EvalSet, baseline_rows, method_row
+from adapters.procrustes import Procrustes
+
+DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"
+FAST = {"max_steps": 40, "min_steps": 20, "eval_every": 10, "patience": 3}
+TRAINED = {"lambda_orth", "oca", "bt2"}
+
+
+def fast_params(name: str) -> dict:
+    if name in TRAINED:
+        return dict(FAST)
+    if name == "auto":
+        return {"method_params": {m: dict(FAST) for m in TRAINED}}
+    return {}
+
+
+@pytest.fixture(scope="module")
+def wordnet() -> dict:
+    with np.load(DATA) as f:
+        old, new, labels = f["minilm"].astype(np.float32), f["mpnet"].astype(np.float32), f["labels"]
+    rng = np.random.default_rng(0)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        train.extend(idx[: len(idx) // 2])
+        test.extend(idx[len(idx) // 2 :])
+    train, test = np.array(train), np.array(test)
+    ts = EvalSet(old[test], new[test], labels[test])
+    return {"old": old[train], "new": new[train], "labels": labels[train], "test": ts, "rows": baseline_rows(ts)}
+
+
+@pytest.mark.parametrize("d_new,d_old", [(4, 6), (6, 4), (5, 5)])
+def test_procrustes_recovers_a_rotation_across_unequal_dims(d_new, d_old) -> None:
+    rng = np.random.default_rng(1)
+    d = min(d_new, d_old)
+    core = rng.normal(size=(500, d)).astype(np.float32)
+    core /= np.linalg.norm(core, axis=1, keepdims=True)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    pad = lambda x, w: np.hstack([x, np.zeros((len(x), w - x.shape[1]), np.float32)])  # noqa: E731
+    x_new, x_old = pad(core, d_new), pad((core @ q).astype(np.float32), d_old)
+    adapter = Procrustes(center=False)
+    adapter.fit(x_old, x_new)
+    mapped = adapter.transform(x_new)
+    assert mapped.shape == (500, d_old)
+    np.testing.assert_allclose(mapped, x_old, atol=1e-4)
+
+
+def test_baseline_rows_show_the_spaces_differ(wordnet) -> None:
+    rows = wordnet["rows"]
+    assert rows["new/new"]["top1"] > rows["old/old"]["top1"] > 5 * rows["new/old raw"]["top1"]
+
+
+@pytest.mark.parametrize("name", ["procrustes", "affine", "lambda_orth", "oca", "bt2", "slerp"])
+def test_every_method_maps_new_queries_into_the_old_space(wordnet, name, tmp_path) -> None:
+    adapter = create(name, **fast_params(name))
+    report = adapter.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0)
+    assert report.fit_seconds > 0
+    row = method_row(adapter, wordnet["test"], wordnet["rows"])
+    raw = wordnet["rows"]["new/old raw"]["mAP@R"]
+    assert row["new/old"]["mAP@R"] > 5 * raw, f"{name} did not make the spaces comparable"
+    test: EvalSet = wordnet["test"]
+    extra = test.old if adapter.needs_old_query else None
+    before = adapter.transform(test.new, extra)
+    assert before.shape == (len(test.new), 384) and np.isfinite(before).all()
+    # save / load round trip gives the same transformation
+    saved = adapter.save(tmp_path / name)
+    assert (saved / "weights.safetensors").exists() and (saved / "config.json").exists()
+    again = load(saved)
+    np.testing.assert_allclose(again.transform(test.new, extra), before, rtol=1e-5, atol=1e-5)
+    assert again.report is not None and again.report.method == name
+
+
+@pytest.mark.parametrize("name", ["lambda_orth", "oca", "bt2"])
+def test_trained_methods_are_deterministic_and_work_without_labels(wordnet, name) -> None:
+    a = create(name, **FAST)
+    b = create(name, **FAST)
+    a.fit(wordnet["old"], wordnet["new"], None, seed=3)
+    b.fit(wordnet["old"], wordnet["new"], None, seed=3)
+    q = wordnet["test"].new[:20]
+    np.testing.assert_array_equal(a.transform(q), b.transform(q))
+    assert a.report.curve and a.report.curve[0]["step"] == 0
+
+
+def test_oca_keeps_new_new_geometry(wordnet) -> None:
+    """OCA's layer is orthogonal: distances between centred new vectors are unchanged."""
+    adapter = create("oca", **FAST)
+    adapter.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0)
+    x = wordnet["test"].new[:50]
+    x = x / np.linalg.norm(x, axis=1, keepdims=True) - adapter.mu_new
+    h = adapter.transform_new(wordnet["test"].new[:50])
+    np.testing.assert_allclose(h @ h.T, x @ x.T, atol=1e-4)
+
+
+def test_auto_reports_every_candidate_and_chooses_one_that_passes(wordnet) -> None:
+    auto = create("auto", **fast_params("auto"))
+    report = auto.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0)
+    notes = report.notes
+    assert set(notes["candidates"]) == {"procrustes", "affine", "lambda_orth", "oca", "bt2"}
+    chosen = notes["selected"]
+    passing = [n for n, r in notes["candidates"].items() if r["ecc"]]
+    if passing:
+        assert chosen in passing and notes["selected_passes_ecc"]
+        best = max(notes["candidates"][n]["new/old"]["mAP@R"] for n in passing)
+        assert notes["candidates"][chosen]["new/old"]["mAP@R"] == best
+    assert auto.transform(wordnet["test"].new[:5]).shape == (5, 384)
+
+
+def test_bad_inputs_are_rejected() -> None:
+    adapter = create("procrustes")
+    with pytest.raises(ValueError, match="paired"):
+        adapter.fit(np.ones((5, 3)), np.ones((4, 3)))
+    bad = np.ones((5, 3))
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        adapter.fit(bad, np.ones((5, 3)))
+    with pytest.raises(ValueError, match="unknown method"):
+        create("nope")
+    with pytest.raises(ValueError, match="unknown parameters"):
+        create("oca", wrong=1)
+    with pytest.raises(RuntimeError, match="fit"):
+        adapter.transform(np.ones((2, 3)))
+    assert set(METHODS) == {"procrustes", "affine", "lambda_orth", "oca", "bt2", "slerp", "auto"}
