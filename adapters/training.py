@@ -1,8 +1,8 @@
 """Shared machinery for the gradient-trained adapters: device, seeding, losses, the training loop.
 
 The loop is sized by the data, not by a fixed epoch count: mini-batches of `batch_size`, a
-validation split carved from the training pairs (10 %, at most 5,000 rows), evaluation every
-`eval_every` steps, early stopping after `patience` evaluations without improvement, and a step
+validation split carved from the training pairs (10 %, at most 2,000 rows), evaluation every
+`eval_every` steps (about four times per epoch on large sets), early stopping after `patience` evaluations without improvement, and a step
 budget that grows with the number of pairs (`max_epochs` passes, capped by `max_steps`). The best
 parameters seen on the validation split are restored at the end.
 """
@@ -81,7 +81,7 @@ class TrainConfig:
     eval_every: int = 25
     patience: int = 6
     val_fraction: float = 0.1
-    val_max: int = 5_000
+    val_max: int = 2_000
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
@@ -147,6 +147,8 @@ def train_loop(
     bs = max(2, min(cfg.batch_size, len(fit_idx)))
     steps_per_epoch = max(1, math.ceil(len(fit_idx) / bs))
     budget = max(cfg.min_steps, min(cfg.max_steps, cfg.max_epochs * steps_per_epoch))
+    # evaluate about four times per epoch on big sets, every `eval_every` steps on small ones
+    eval_every = max(cfg.eval_every, steps_per_epoch // 4)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=budget)
@@ -193,7 +195,7 @@ def train_loop(
             step += 1
             running += float(loss.detach())
             running_n += 1
-            if step % cfg.eval_every == 0 or step == budget:
+            if step % eval_every == 0 or step == budget:
                 val = validation_loss()
                 report.curve.append({"step": step, "train_loss": running / running_n, "val_loss": val})
                 running, running_n = 0.0, 0
