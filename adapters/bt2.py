@@ -37,9 +37,8 @@ from adapters.training import (
     cosine_loss,
     influence_loss,
     info_nce,
-    label_codes,
+    label_targets,
     pick_device,
-    prototypes,
     retrieval_scorer,
     run_batched,
     seed_everything,
@@ -90,12 +89,7 @@ class BT2(Adapter):
         w_t = to_tensor(w - self.mu_new, device)
         w_raw = to_tensor(w, device)
         mu_old_t = to_tensor(self.mu_old[None, :], device)
-        n_classes, codes_t, protos = 0, None, None
-        if labels is not None:
-            classes, codes = label_codes(labels)
-            n_classes = len(classes)
-            codes_t = torch.as_tensor(codes, device=device)
-            protos = prototypes(o_t, codes_t, n_classes)
+        codes_t, protos, n_classes = label_targets(labels, o_t)
         net = _BasisTransformation(self.d_new, self.d_old, int(p["extra_dims"]), int(p["hidden"]), a_init,
                                    n_classes).to(device)
         d_old = self.d_old

@@ -35,9 +35,8 @@ from adapters.training import (
     cosine_loss,
     influence_loss,
     info_nce,
-    label_codes,
+    label_targets,
     pick_device,
-    prototypes,
     retrieval_scorer,
     seed_everything,
     to_tensor,
@@ -82,11 +81,7 @@ class LambdaOrth(Adapter):
         init = rot[: self.d_new, : self.d_old].T.copy()  # d_old x d_new
         module = _AffineMap(init, mu_old, mu_new).to(device)
         o_t, w_t = to_tensor(o, device), to_tensor(w, device)
-        protos = codes_t = None
-        if labels is not None:
-            classes, codes = label_codes(labels)
-            codes_t = torch.as_tensor(codes, device=device)
-            protos = prototypes(o_t, codes_t, len(classes))
+        codes_t, protos, _ = label_targets(labels, o_t)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             z, target = module(w_t[idx]), o_t[idx]
@@ -104,7 +99,6 @@ class LambdaOrth(Adapter):
         report.notes["gram_deviation"] = float(gram_deviation(module.weight.detach()))
         # forward map old -> new (closed form), used for partial backfill
         self.fwd_weight, self.fwd_bias = ridge(o, w, p["forward_alpha"])
-        self._device = device
         return report
 
     def transform(self, x_new: np.ndarray, x_old: np.ndarray | None = None) -> np.ndarray:

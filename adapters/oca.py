@@ -38,7 +38,7 @@ from adapters.training import (
     cosine_loss,
     influence_loss,
     info_nce,
-    label_codes,
+    label_targets,
     pick_device,
     prototype_cosine_loss,
     prototypes,
@@ -88,14 +88,8 @@ class OCA(Adapter):
         width = max(self.d_new, self.d_old + int(p["extra_dims"]))
         rot = procrustes_rotation(w - self.mu_new, o - self.mu_old)  # x @ rot maps new -> old
         init = extend_to_orthogonal(rot.T, width)  # layer computes W x, so W = rot^T
-        n_classes = 0
-        codes_t = protos = None
         o_t = to_tensor(o, device)
-        if labels is not None:
-            classes, codes = label_codes(labels)
-            n_classes = len(classes)
-            codes_t = torch.as_tensor(codes, device=device)
-            protos = prototypes(o_t, codes_t, n_classes)
+        codes_t, protos, n_classes = label_targets(labels, o_t)
         layer = _OrthogonalLayer(init, n_classes).to(device)
         w_t = to_tensor(pad_to(w - self.mu_new, width), device)
         if layer.head is not None:

@@ -60,6 +60,17 @@ def prototypes(x_old: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torc
     return F.normalize(sums, dim=1)
 
 
+def label_targets(
+    labels: np.ndarray | None, old: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """(class codes, pseudo-classifier P, number of classes) for the label losses; Nones without labels."""
+    if labels is None:
+        return None, None, 0
+    classes, codes = label_codes(labels)
+    codes_t = torch.as_tensor(codes, device=old.device)
+    return codes_t, prototypes(old, codes_t, len(classes)), len(classes)
+
+
 def influence_loss(z: torch.Tensor, protos: torch.Tensor, codes: torch.Tensor, tau: float) -> torch.Tensor:
     """CE(normalize(z) @ P.T / tau, y): z must be classified by the *old* model's class geometry."""
     return F.cross_entropy(F.normalize(z, dim=1) @ protos.T / tau, codes)

@@ -25,13 +25,17 @@ class BadInput(Exception):
     """A problem with the files given on the command line."""
 
 
-def load_matrix(path: Path, option: str) -> np.ndarray:
+def read_npy(path: Path, option: str) -> np.ndarray:
     if not path.exists():
         raise BadInput(f"{option}: file {path} does not exist")
     try:
-        arr = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except Exception as exc:
         raise BadInput(f"{option}: cannot read {path} as .npy ({exc})") from None
+
+
+def load_matrix(path: Path, option: str) -> np.ndarray:
+    arr = read_npy(path, option)
     if arr.dtype not in (np.float16, np.float32, np.float64):
         raise BadInput(f"{option}: expected float16/float32 values, got {arr.dtype}")
     if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 1:
@@ -46,12 +50,7 @@ def load_matrix(path: Path, option: str) -> np.ndarray:
 def load_labels(path: Path | None, option: str, rows: int) -> np.ndarray | None:
     if path is None:
         return None
-    if not path.exists():
-        raise BadInput(f"{option}: file {path} does not exist")
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise BadInput(f"{option}: cannot read {path} as .npy ({exc})") from None
+    labels = read_npy(path, option)
     if labels.ndim != 1 or len(labels) != rows:
         raise BadInput(f"{option}: expected {rows} labels (one per row), got shape {labels.shape}")
     if labels.dtype.kind not in "iuUS":

@@ -55,11 +55,10 @@ def _fresh_pg_database(admin_url: str) -> tuple[str, callable]:
     return url, drop
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database of each kind (function scope)."""
+def _database_of_kind(request: pytest.FixtureRequest, sqlite_dir: Path) -> Iterator[str]:
+    """A fresh, empty database of the kind in `request.param`, dropped afterwards (PostgreSQL)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.db'}"
+        yield f"sqlite:///{sqlite_dir / 'test.db'}"
         return
     admin = request.getfixturevalue("pg_server")
     url, drop = _fresh_pg_database(admin)
@@ -67,20 +66,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
     finally:
         drop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind (function scope)."""
+    yield from _database_of_kind(request, tmp_path)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Like `database_url` but shared by a module (one server per database kind)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
-        return
-    admin = request.getfixturevalue("pg_server")
-    url, drop = _fresh_pg_database(admin)
-    try:
-        yield url
-    finally:
-        drop()
+    yield from _database_of_kind(request, tmp_path_factory.mktemp("db"))
 
 
 class LiveServer:
