@@ -82,7 +82,7 @@ class Auto(Adapter):
             steps=inner.steps,
             curve=inner.curve,
             notes={"selected": chosen, "selected_passes_ecc": passed, "holdout_rows": rows,
-                   "candidates": results, "holdout_size": int(len(hold)),
+                   "candidates": results, "holdout_size": len(hold),
                    "holdout_relevance": test.relevance, "selected_report": inner.as_dict()},
         )
 

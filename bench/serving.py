@@ -23,9 +23,6 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,6 +31,8 @@ from pathlib import Path
 import faiss
 import httpx
 import numpy as np
+
+from bench.common import Service, b64
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -114,49 +113,6 @@ def raw_index(kind: str, x: np.ndarray, ef_search: int, nprobe: int) -> faiss.In
         index.own_fields = True  # the index now frees the quantizer; Python must not
         quantizer.this.disown()
     return index
-
-
-# ---- the service ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """`nobackfill serve` in a subprocess with its own data directory."""
-
-    def __init__(self, data_dir: Path, threads: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "NOBACKFILL_DATA_DIR": str(data_dir), "NOBACKFILL_PORT": str(self.port),
-               "NOBACKFILL_FAISS_THREADS": str(threads), "NOBACKFILL_LOG_LEVEL": "warning",
-               "NOBACKFILL_SQLITE_SYNCHRONOUS": "FULL"}
-        env.pop("NOBACKFILL_API_KEY", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("service did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def b64(x: np.ndarray) -> str:
-    import base64
-
-    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode()
 
 
 def ingest(client: httpx.Client, collection: str, x: np.ndarray, batch: int = 5_000) -> float:

@@ -13,17 +13,22 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index import FaissBackend
+from service.backfill import Backfill
 from service.body_limit import BodyLimitMiddleware
 from service.db import make_engine, migrate
 from service.errors import ApiError
 from service.gallery import Gallery
 from service.index_sync import SnapshotScheduler, load_all
+from service.jobs import JobRunner
 from service.json_body import install_openapi
 from service.registry import Registry
-from service.routes import collections, health, models
-from service.schemas import QueryRequest, UpsertRequest
+from service.routes import collections, health, jobs, models
+from service.routes import upgrades as upgrade_routes
+from service.routing import Router
+from service.schemas import PairsUpload, QueryRequest, UpsertRequest
 from service.settings import Settings, get_settings
 from service.store import Store
+from service.upgrades import TRAIN_JOB, Upgrades
 
 log = logging.getLogger("nobackfill")
 
@@ -68,19 +73,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(engine)
         registry = Registry(store, settings.max_dim)
         backend = FaissBackend(settings.index_dir, device=settings.device, threads=settings.faiss_threads)
-        gallery = Gallery(store, registry, backend)
+        router = Router(store, settings.data_dir, settings.routing_refresh_seconds)
+        gallery = Gallery(store, registry, backend, router)
+        upgrades = Upgrades(store, registry, router, settings)
+        upgrades.discard_partial_files()
+        runner = JobRunner(store, {TRAIN_JOB: upgrades.run_training}, stale_seconds=settings.job_stale_seconds)
+        if settings.run_worker:
+            upgrades.on_job_queued = runner.wake
         scheduler = SnapshotScheduler(backend, settings.snapshot_every_changes,
                                       settings.snapshot_interval_seconds)
         app.state.store, app.state.registry, app.state.gallery = store, registry, gallery
         app.state.backend, app.state.scheduler, app.state.load_error = backend, scheduler, None
+        app.state.router, app.state.upgrades, app.state.runner = router, upgrades, runner
+        app.state.backfill = Backfill(store, registry, router)
         log.info("nobackfill starting: database=%s device=%s", engine.url.render_as_string(hide_password=True),
                  backend.device)
 
         def load() -> None:
             try:
+                router.start()
                 load_all(store, backend, gallery.model_dims(), scheduler)
                 gallery.ready.set()
                 scheduler.start()
+                if settings.run_worker:
+                    runner.start()
             except Exception as exc:  # surfaced through /readyz
                 log.exception("loading indexes failed")
                 app.state.load_error = type(exc).__name__
@@ -91,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             loader.join(timeout=60)
+            runner.stop()
+            router.stop()
             if gallery.ready.is_set():
                 scheduler.stop(final_snapshot=True)
             engine.dispose()
@@ -107,5 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(collections.router)
-    install_openapi(app, [UpsertRequest, QueryRequest])
+    app.include_router(upgrade_routes.router)
+    app.include_router(jobs.router)
+    install_openapi(app, [UpsertRequest, QueryRequest, PairsUpload])
     return app

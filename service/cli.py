@@ -74,5 +74,33 @@ def evaluate(
                                   method, seed, json_out, params))
 
 
+jobs_app = typer.Typer(help="Durable jobs (training, ...).", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("watch")
+def jobs_watch(
+    job_id: int = typer.Argument(..., help="Job id (returned by POST /v1/upgrades/{id}/train)."),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", envvar="NOBACKFILL_URL", help="Service URL."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="NOBACKFILL_API_KEY", help="API key."),
+    interval: float = typer.Option(0.5, "--interval", min=0.05, help="Seconds between polls."),
+) -> None:
+    """Follow a job with a progress bar until it ends; exit 0 if it succeeded, 1 otherwise."""
+    from service.job_watch import watch
+
+    raise typer.Exit(watch(url, job_id, api_key, interval))
+
+
+@app.command()
+def worker() -> None:
+    """Run a job worker without the HTTP service (same database and data directory as the service).
+
+    Start the service with NOBACKFILL_RUN_WORKER=false to leave all jobs to separate workers.
+    """
+    from service.worker import run_worker
+
+    run_worker()
+
+
 if __name__ == "__main__":
     app()

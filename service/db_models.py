@@ -39,7 +39,7 @@ class UtcDateTime(TypeDecorator):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
@@ -99,3 +99,106 @@ class Item(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     payload: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
+
+
+class ItemHistory(Base):
+    """An item's vector in a model it has since left (kept when an upsert moves it to another model).
+
+    Re-embedding an item into a successor model turns it into a training pair for free; the old
+    vector is kept here (not in any index) until the operator retires that model version.
+    """
+
+    __tablename__ = "item_history"
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class CollectionRetirement(Base):
+    """A model version retired from a collection: fully migrated, no longer accepted for writes."""
+
+    __tablename__ = "collection_retirements"
+
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    retired_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
+
+
+class Upgrade(Base):
+    """old model -> new model: created when a model is registered with `successor_of`.
+
+    `active_transformation_id` is the transformation queries use; changing it is the (atomic)
+    activation or rollback. `revision` moves on every change so servers can notice cheaply.
+    """
+
+    __tablename__ = "upgrades"
+    __table_args__ = (UniqueConstraint("old_model_id", "new_model_id", name="uq_upgrades_old_new"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    old_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), nullable=False)
+    new_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), nullable=False)
+    active_transformation_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
+
+
+class UpgradePair(Base):
+    """One uploaded training pair: the same item embedded by the old and by the new model."""
+
+    __tablename__ = "upgrade_pairs"
+    __table_args__ = (UniqueConstraint("upgrade_id", "key", name="uq_upgrade_pairs_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    upgrade_id: Mapped[int] = mapped_column(ForeignKey("upgrades.id", ondelete="CASCADE"), nullable=False)
+    key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    old_vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    new_vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
+class Transformation(Base):
+    """A trained transformation of an upgrade: weights on disk (`path`), evaluation in the row."""
+
+    __tablename__ = "transformations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    upgrade_id: Mapped[int] = mapped_column(ForeignKey("upgrades.id", ondelete="CASCADE"), nullable=False)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    method: Mapped[str] = mapped_column(String(32), nullable=False)
+    path: Mapped[str] = mapped_column(String(1024), nullable=False)
+    passes_ecc: Mapped[bool] = mapped_column(nullable=False)
+    evaluation: Mapped[dict] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
+    activated_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class Job(Base):
+    """A durable unit of long work (training, ...), claimed and run by a worker.
+
+    States: queued -> running -> succeeded | failed | cancelled. A running job's worker refreshes
+    `heartbeat_at`; a job whose heartbeat stops (its worker died) is re-queued or failed.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    progress: Mapped[float] = mapped_column(nullable=False, default=0.0)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    params: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=2)
+    cancel_requested: Mapped[bool] = mapped_column(nullable=False, default=False)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

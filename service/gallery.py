@@ -21,6 +21,7 @@ from index.backend import PartitionWrite
 from service.errors import Conflict, Invalid, NotFound, Unavailable
 from service.index_sync import partition_key, reconcile_collection
 from service.registry import Registry
+from service.routing import Route, Router
 from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,24 @@ class ScoredHit:
 
 
 @dataclass
+class SearchedPartition:
+    items: int
+    route: Route
+
+
+@dataclass
 class QueryOutcome:
     hits: list[list[ScoredHit]]
-    searched: dict[int, int] = field(default_factory=dict)  # model id -> items
-    skipped: dict[int, int] = field(default_factory=dict)
+    searched: dict[int, SearchedPartition] = field(default_factory=dict)  # model id -> how
+    skipped: dict[int, int] = field(default_factory=dict)  # model id -> items (no route)
 
 
 class Gallery:
-    def __init__(self, store: Store, registry: Registry, backend: IndexBackend) -> None:
+    def __init__(self, store: Store, registry: Registry, backend: IndexBackend, router: Router) -> None:
         self.store = store
         self.registry = registry
         self.backend = backend
+        self.router = router
         self.ready = threading.Event()
         self._write_locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -84,6 +92,8 @@ class Gallery:
             if key in seen:
                 raise Invalid(f"id {key!r} appears twice in one batch (also at items[{seen[key]}])", f"items[{i}].id")
             seen[key] = i
+        if model.id in self.store.retired_models(collection.id):
+            raise Conflict(f"model {model.name!r} is retired in collection {collection.name!r}", "model")
         with self.write_lock(collection.id):
             target = self.ensure_partition(collection, model)
             outcome = self.store.upsert_items(collection.id, model.id, keys, vectors, payloads)
@@ -107,6 +117,17 @@ class Gallery:
             pkey = partition_key(collection.id, model_id)
             writes = {pkey.model: PartitionWrite(remove=np.array([row_id], dtype=np.int64))}
             self._mirror(collection, writes if self.backend.has_partition(pkey) else {}, tag)
+
+    def retire(self, collection: CollectionRecord, model: ModelRecord) -> None:
+        """Refuse while items remain in `model`; else mark it retired and drop its empty partition."""
+        with self.write_lock(collection.id):
+            remaining = self.store.retire_model(collection.id, model.id)
+            if remaining:
+                raise Conflict(f"{remaining} item(s) of collection {collection.name!r} are still in model "
+                               f"{model.name!r}; re-embed them before retiring it", "model")
+            pkey = partition_key(collection.id, model.id)
+            if self.backend.has_partition(pkey):
+                self.backend.drop_partition(pkey)
 
     def _mirror(self, collection: CollectionRecord, writes: dict[str, PartitionWrite], tag: int) -> None:
         """Apply committed changes to the index; on failure repair the collection from the store."""
@@ -135,12 +156,9 @@ class Gallery:
                 sizes[int(pkey.model[1:])] = n
         return sizes
 
-    def search_work(self, collection: CollectionRecord, n_queries: int) -> int:
+    def search_work(self, collection: CollectionRecord, sizes: dict[int, int], n_queries: int) -> int:
         """Rough multiply-add count of a search, to decide where it runs (see the query route)."""
-        return sum(
-            n_queries * self.backend.search_cost(partition_key(collection.id, mid))
-            for mid in self.partition_sizes(collection)
-        )
+        return sum(n_queries * self.backend.search_cost(partition_key(collection.id, mid)) for mid in sizes)
 
     def query(
         self,
@@ -149,29 +167,43 @@ class Gallery:
         queries: np.ndarray,
         k: int,
         include_payload: bool = True,
+        sizes: dict[int, int] | None = None,
     ) -> QueryOutcome:
-        """Search every partition comparable with the query model and merge into one ranking.
+        """Search every partition the query model can reach and merge into one ranking.
 
-        Without a trained transformation only the query model's own partition is comparable;
-        partitions in other models are reported as skipped rather than searched with garbage.
+        Each partition is searched with the query brought into its space along the best active
+        route (routing.py) and its scores put on the query model's scale, so one merge ranks items
+        stored in any version. Partitions without a route are reported as skipped; if nothing is
+        reachable the query is a 409 rather than a silently empty answer.
         """
         self._require_ready()
-        sizes = self.partition_sizes(collection)
-        searchable = {mid: n for mid, n in sizes.items() if mid == model.id}
-        skipped = {mid: n for mid, n in sizes.items() if mid != model.id}
-        if not searchable and skipped:
-            names = ", ".join(self.registry.model_by_id(m).name for m in skipped)
+        sizes = self.partition_sizes(collection) if sizes is None else sizes
+        table = self.router.table  # one snapshot for the whole query (activation swaps it atomically)
+        outcome = QueryOutcome(hits=[[] for _ in range(len(queries))])
+        for mid, n in sizes.items():
+            route = table.route(model.id, mid)
+            if route is None:
+                outcome.skipped[mid] = n
+            else:
+                outcome.searched[mid] = SearchedPartition(n, route)
+        if not outcome.searched and outcome.skipped:
+            names = ", ".join(self.registry.model_by_id(m).name for m in outcome.skipped)
             raise Conflict(
                 f"collection {collection.name!r} holds no vectors in model {model.name!r} and there is no "
-                f"trained transformation from {model.name!r} to its stored models ({names})",
+                f"active transformation from {model.name!r} to its stored models ({names})",
                 "model",
             )
-        outcome = QueryOutcome(hits=[[] for _ in range(len(queries))], searched=searchable, skipped=skipped)
-        if not searchable:
+        if not outcome.searched:
             return outcome
-        results = self.backend.search(
-            f"c{collection.id}", {partition_key(collection.id, mid).model: queries for mid in searchable}, k
-        )
+        per_partition = {
+            partition_key(collection.id, mid).model: (part.route.apply(queries) if part.route.edges else queries)
+            for mid, part in outcome.searched.items()
+        }
+        results = self.backend.search(f"c{collection.id}", per_partition, k)
+        for pname, result in results.items():
+            route = outcome.searched[int(pname[1:])].route
+            if route.edges:
+                result.scores = route.score_map(result.scores)
         merged = _merge(results, k)
         wanted = sorted({item_id for row in merged for _, item_id, _ in row})
         records = self.store.hits_by_id(collection.id, wanted, include_payload) if wanted else {}
@@ -201,12 +233,12 @@ def _resolve(row: list[tuple[float, int, str]], records: dict[int, HitRecord], k
     """Turn (score, id) pairs into hits, dropping items deleted since the search and duplicates."""
     hits: list[ScoredHit] = []
     seen: set[str] = set()
-    for score, item_id, _partition in row:
+    for score, item_id, partition in row:
         rec = records.get(item_id)
         if rec is None or rec.key in seen:
             continue
         seen.add(rec.key)
-        hits.append(ScoredHit(rec.key, score, rec.model_id, rec.payload))
+        hits.append(ScoredHit(rec.key, score, int(partition[1:]), rec.payload))
         if len(hits) == k:
             break
     return hits

@@ -119,14 +119,26 @@ class QueryRequest(_Strict):
 class Hit(BaseModel):
     id: str
     score: float = Field(description="Higher is better: cosine, inner product, or -squared L2.")
-    model: str = Field(description="Model version of the stored vector that matched.")
+    model: str = Field(description="Model version of the stored representation that matched.")
     payload: dict[str, Any] | None = None
+
+
+class ScoreMapOut(BaseModel):
+    a: float
+    b: float
 
 
 class PartitionReport(BaseModel):
     model: str
     items: int
     reason: str | None = None
+    route: list[str] | None = Field(
+        None, description="Models the query passed through to reach this partition (absent: searched natively)."
+    )
+    transformations: list[int] | None = Field(None, description="Transformation ids along the route.")
+    score_map: ScoreMapOut | None = Field(
+        None, description="Calibration applied to this partition's scores: a*s + b (query model's scale)."
+    )
 
 
 class QueryResult(BaseModel):
@@ -142,3 +154,120 @@ class QueryOut(BaseModel):
     skipped: list[PartitionReport] = Field(
         description="Partitions with items this query could not be compared with (no path yet)."
     )
+
+
+# ---- upgrades ----------------------------------------------------------------------------------
+class PairsUpload(_Strict):
+    """Training pairs: row i of old and new embeds the same item. Give each side as JSON rows or base64."""
+
+    ids: list[str] | None = Field(None, description="Optional pair ids; re-sending an id replaces that pair.")
+    old_vectors: list[list[float]] | None = None
+    old_vectors_b64: str | None = Field(None, description="Base64 of n·d_old little-endian float32.")
+    new_vectors: list[list[float]] | None = None
+    new_vectors_b64: str | None = Field(None, description="Base64 of n·d_new little-endian float32.")
+    labels: list[str | int] | None = Field(None, description="Optional class labels (enable label-aware losses).")
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> PairsUpload:
+        for side in ("old", "new"):
+            given = [getattr(self, f"{side}_vectors") is not None, getattr(self, f"{side}_vectors_b64") is not None]
+            if sum(given) != 1:
+                raise ValueError(f"give exactly one of {side}_vectors, {side}_vectors_b64")
+        if self.ids is not None and any(not (1 <= len(i) <= 512) for i in self.ids):
+            raise ValueError("ids must be 1 to 512 characters")
+        if self.labels is not None and any(len(str(v)) > 256 for v in self.labels):
+            raise ValueError("labels must be at most 256 characters")
+        return self
+
+
+class PairsOut(BaseModel):
+    upgrade_id: int
+    received: int
+    created: int
+    replaced: int
+    pairs: dict[str, int]
+
+
+class TrainRequest(_Strict):
+    method: str = Field("auto", description="auto, or one method: procrustes, affine, lambda_orth, oca, bt2.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Method parameters (see docs/adapters.md).")
+    label_field: str | None = Field(
+        None, max_length=128, description="Payload field holding the class label of re-embedded gallery items."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class ActivateRequest(_Strict):
+    transformation: int | None = Field(None, description="Transformation id; default: the newest one.")
+    force: bool = Field(False, description="Activate even though it does not pass the compatibility criterion.")
+
+
+class TransformationOut(BaseModel):
+    id: int
+    method: str
+    job_id: int | None
+    passes_ecc: bool
+    active: bool
+    created_at: datetime
+    activated_at: datetime | None
+    evaluation: dict[str, Any]
+
+
+class UpgradeOut(BaseModel):
+    id: int
+    old_model: str
+    new_model: str
+    active_transformation: int | None
+    pairs: dict[str, int]
+    transformations: list[TransformationOut]
+    jobs: list[int] = Field(description="Training jobs of this upgrade, newest first.")
+    created_at: datetime
+    updated_at: datetime
+
+
+# ---- jobs --------------------------------------------------------------------------------------
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    subject: str | None
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    message: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    log_tail: str
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+# ---- backfill ----------------------------------------------------------------------------------
+class BackfillModel(BaseModel):
+    model: str
+    items: int
+    retired: bool
+
+
+class BackfillSuggestion(BaseModel):
+    id: str
+    model: str
+    predicted_error: float | None
+
+
+class BackfillOut(BaseModel):
+    collection: str
+    target: str
+    items: int
+    migrated: int
+    progress: float = Field(description="Share of the items whose vector is in the target model.")
+    models: list[BackfillModel]
+    order: str = Field(description="How `suggested` is ordered.")
+    suggested: list[BackfillSuggestion]
+
+
+class RetireRequest(_Strict):
+    model: str

@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL fsyncs every commit (survives power loss); NORMAL survives process crashes."
     )
+    run_worker: bool = Field(True, description="Run the job worker inside the service process.")
+    job_threads: int = Field(1, ge=0, description="torch threads for training jobs (0 = torch's default).")
+    job_stale_seconds: float = Field(
+        120.0, gt=0, description="A running job whose heartbeat is older than this is taken as interrupted."
+    )
+    job_max_attempts: int = Field(2, ge=1, description="Runs of a job before an interruption marks it failed.")
+    min_training_pairs: int = Field(100, ge=10, description="Fewest pairs a training job accepts.")
+    max_holdout_pairs: int = Field(5_000, ge=10, description="Most pairs held out to evaluate a transformation.")
+    routing_refresh_seconds: float = Field(
+        2.0, gt=0, description="How often to check for activations made by another process (a separate worker)."
+    )
     log_level: str = "info"
 
     @property

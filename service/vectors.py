@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.errors import Invalid
+from service.errors import Invalid, TooLarge
 
 FLOAT32_LE = np.dtype("<f4")
 
@@ -52,3 +52,27 @@ def stack_rows(rows: Sequence[np.ndarray], dim: int, fields: Sequence[str]) -> n
             raise Invalid(f"has dimension {row.size}, the model expects {dim}", field)
     matrix = np.vstack(rows).astype(np.float32, copy=False) if rows else np.empty((0, dim), np.float32)
     return check_matrix(matrix, dim, "items", fields)
+
+
+def read_matrix(
+    rows: Sequence[Sequence[float]] | None, b64: str | None, dim: int, list_field: str, b64_field: str,
+    max_rows: int,
+) -> np.ndarray:
+    """An (n, dim) matrix given as JSON rows or as base64 of n*dim float32 values, validated."""
+    if rows is not None:
+        for i, row in enumerate(rows):
+            if len(row) != dim:
+                raise Invalid(f"has dimension {len(row)}, the model expects {dim}", f"{list_field}[{i}]")
+        field, matrix = list_field, np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
+    elif b64 is not None:
+        field, flat = b64_field, decode_b64(b64, b64_field)
+        if flat.size % dim:
+            raise Invalid(f"holds {flat.size} values, not a multiple of the model dimension {dim}", field)
+        matrix = flat.reshape(-1, dim)
+    else:
+        raise Invalid(f"give {list_field} or {b64_field}", list_field)
+    if len(matrix) == 0:
+        raise Invalid("must contain at least one vector", field)
+    if len(matrix) > max_rows:
+        raise TooLarge(f"has {len(matrix)} vectors; the limit is {max_rows}", field)
+    return check_matrix(matrix, dim, field)

@@ -149,7 +149,7 @@ def test_query_in_successor_without_path_is_409(client, gallery) -> None:
     make_model(client, succ, 6, successor_of=m)
     r = client.post(f"/v1/collections/{c}/query", json={"model": succ, "vector": [0.1] * 6})
     assert r.status_code == 409 and r.json()["field"] == "model"
-    assert "no trained transformation" in r.json()["detail"]
+    assert "no active transformation" in r.json()["detail"]
 
 
 def test_mixed_gallery_reports_skipped_partitions(client, gallery) -> None:

@@ -57,3 +57,20 @@ def test_settings_never_print_the_key() -> None:
 
     s = Settings(api_key=KEY)
     assert KEY not in repr(s) and KEY not in str(s.model_dump())
+
+
+def test_upgrade_and_job_writes_need_the_key(secured) -> None:
+    server = secured(read_requires_key=False)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=server.url) as c:
+        assert c.post("/v1/models", json={"name": "a", "dim": 2}, headers=auth).status_code == 201
+        assert c.post("/v1/models", json={"name": "b", "dim": 2, "successor_of": "a"}, headers=auth).status_code == 201
+        assert c.post("/v1/collections", json={"name": "g", "model": "a"}, headers=auth).status_code == 201
+        uid = c.get("/v1/upgrades").json()[0]["id"]  # reads stay open
+        pairs = {"old_vectors": [[1, 0]], "new_vectors": [[0, 1]]}
+        for path, body in [(f"/v1/upgrades/{uid}/pairs", pairs), (f"/v1/upgrades/{uid}/train", {}),
+                           (f"/v1/upgrades/{uid}/activate", {}), (f"/v1/upgrades/{uid}/deactivate", None),
+                           ("/v1/jobs/1/cancel", None), ("/v1/collections/g/retire", {"model": "a"})]:
+            assert c.post(path, json=body).status_code == 401, path
+        assert c.post(f"/v1/upgrades/{uid}/pairs", json=pairs, headers=auth).status_code == 200
+        assert c.get("/v1/jobs").status_code == 200 and c.get("/v1/collections/g/backfill").status_code == 200

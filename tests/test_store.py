@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect, text
 
-from service.db import make_engine, migrate
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from service.db import alembic_config, make_engine, migrate
+from service.db_models import Base
 from service.store import AlreadyExists, Store
 
 
@@ -27,9 +32,13 @@ def seed(store: Store, dim: int = 4):
 
 def test_migrations_create_the_schema(store: Store) -> None:
     tables = set(inspect(store.engine).get_table_names())
-    assert {"models", "collections", "items", "alembic_version"} <= tables
+    assert {"models", "collections", "items", "item_history", "upgrades", "upgrade_pairs", "transformations",
+            "jobs", "collection_retirements", "alembic_version"} <= tables
+    head = ScriptDirectory.from_config(alembic_config(str(store.engine.url))).get_current_head()
     with store.engine.connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == head
+        # The migrations and the table definitions describe the same schema (no drift).
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
 
 
 def test_unique_names(store: Store) -> None:

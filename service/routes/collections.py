@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from index import IndexSpec
 from service import deps
 from service.auth import require_admin, require_reader
+from service.backfill import Backfill
 from service.errors import Invalid, TooLarge
-from service.gallery import Gallery, QueryOutcome
+from service.gallery import Gallery, QueryOutcome, SearchedPartition
 from service.json_body import json_body, openapi_body
 from service.registry import Registry
 from service.schemas import (
+    BackfillOut,
     CollectionCreate,
     CollectionOut,
     IndexOptions,
     ItemOut,
     QueryOut,
     QueryRequest,
+    RetireRequest,
     UpsertOut,
     UpsertRequest,
 )
 from service.settings import Settings
 from service.store import CollectionRecord
-from service.vectors import check_matrix, decode_b64, stack_rows
+from service.vectors import check_matrix, decode_b64, read_matrix, stack_rows
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -120,25 +123,15 @@ def delete_item(
 def _query_matrix(body: QueryRequest, dim: int, max_batch: int) -> np.ndarray:
     """The request's query vector(s) as an (n, dim) float32 matrix, validated."""
     if body.vector is not None:
-        field, matrix = "vector", np.asarray(body.vector, dtype=np.float32)[None, :]
-    elif body.vector_b64 is not None:
-        field, matrix = "vector_b64", decode_b64(body.vector_b64, "vector_b64")[None, :]
-    elif body.vectors is not None:
-        field = "vectors"
-        for i, row in enumerate(body.vectors):
-            if len(row) != dim:
-                raise Invalid(f"has dimension {len(row)}, the model expects {dim}", f"vectors[{i}]")
-        matrix = np.asarray(body.vectors, dtype=np.float32).reshape(len(body.vectors), dim)
-    else:
-        field, flat = "vectors_b64", decode_b64(body.vectors_b64, "vectors_b64")
-        if flat.size % dim:
-            raise Invalid(f"holds {flat.size} values, not a multiple of the model dimension {dim}", field)
-        matrix = flat.reshape(-1, dim)
-    if len(matrix) == 0:
-        raise Invalid("must contain at least one query vector", field)
-    if len(matrix) > max_batch:
-        raise TooLarge(f"has {len(matrix)} query vectors; the limit is {max_batch}", field)
-    return check_matrix(matrix, dim, field)
+        if len(body.vector) != dim:
+            raise Invalid(f"has dimension {len(body.vector)}, the model expects {dim}", "vector")
+        return check_matrix(np.asarray(body.vector, dtype=np.float32)[None, :], dim, "vector")
+    if body.vector_b64 is not None:
+        matrix = read_matrix(None, body.vector_b64, dim, "vector", "vector_b64", max_batch)
+        if len(matrix) != 1:
+            raise Invalid(f"holds {len(matrix)} vectors; use vectors_b64 for a batch", "vector_b64")
+        return matrix
+    return read_matrix(body.vectors, body.vectors_b64, dim, "vectors", "vectors_b64", max_batch)
 
 
 @router.post("/{name}/query", response_model=QueryOut, response_model_exclude_none=True,
@@ -159,11 +152,22 @@ async def query(
     collection = registry.collection(name)
     model = registry.model_for_collection(collection, body.model)
     queries = _query_matrix(body, model.dim, settings.max_query_batch)
-    if gallery.search_work(collection, len(queries)) <= settings.inline_search_work:
-        outcome = gallery.query(collection, model, queries, body.k, body.include_payload)
+    sizes = gallery.partition_sizes(collection)
+    args = (collection, model, queries, body.k, body.include_payload, sizes)
+    if gallery.search_work(collection, sizes, len(queries)) <= settings.inline_search_work:
+        outcome = gallery.query(*args)
     else:
-        outcome = await run_in_threadpool(gallery.query, collection, model, queries, body.k, body.include_payload)
+        outcome = await run_in_threadpool(gallery.query, *args)
     return JSONResponse(_query_out(body, model.name, outcome, registry))
+
+
+def _searched(model_name: str, part: SearchedPartition, name_of) -> dict:
+    out: dict = {"model": model_name, "items": part.items}
+    if part.route.edges:
+        out["route"] = [name_of(part.route.edges[0].src)] + [name_of(e.dst) for e in part.route.edges]
+        out["transformations"] = [e.transformation_id for e in part.route.edges]
+        out["score_map"] = {"a": part.route.score_map.a, "b": part.route.score_map.b}
+    return out
 
 
 def _query_out(body: QueryRequest, model_name: str, outcome: QueryOutcome, registry: Registry) -> dict:
@@ -185,9 +189,9 @@ def _query_out(body: QueryRequest, model_name: str, outcome: QueryOutcome, regis
     out: dict = {
         "model": model_name,
         "k": body.k,
-        "searched": [{"model": name_of(m), "items": n} for m, n in outcome.searched.items()],
+        "searched": [_searched(name_of(m), part, name_of) for m, part in outcome.searched.items()],
         "skipped": [
-            {"model": name_of(m), "items": n, "reason": f"no trained transformation from {model_name!r}"}
+            {"model": name_of(m), "items": n, "reason": f"no active transformation path from {model_name!r}"}
             for m, n in outcome.skipped.items()
         ],
     }
@@ -196,3 +200,30 @@ def _query_out(body: QueryRequest, model_name: str, outcome: QueryOutcome, regis
     else:
         out["hits"] = results[0]
     return out
+
+
+# ---- backfill ------------------------------------------------------------------------------------
+@router.get("/{name}/backfill", response_model=BackfillOut, dependencies=[Depends(require_reader)])
+def backfill_report(
+    name: str,
+    target: str | None = Query(None, description="Model to migrate to; default: the newest of the lineage."),
+    limit: int = Query(20, ge=0, le=10_000, description="How many items to suggest for re-embedding next."),
+    registry: Registry = Depends(deps.registry),
+    backfill: Backfill = Depends(deps.backfill),
+) -> BackfillOut:
+    """Items per model version, migration progress, and which items to re-embed next."""
+    collection = registry.collection(name)
+    model = registry.model_for_collection(collection, target, "target") if target else None
+    return BackfillOut(**backfill.report(collection, model, limit))
+
+
+@router.post("/{name}/retire", response_model=CollectionOut, dependencies=[Depends(require_admin)])
+def retire_model(
+    name: str, body: RetireRequest, registry: Registry = Depends(deps.registry),
+    gallery: Gallery = Depends(deps.gallery),
+) -> CollectionOut:
+    """Retire a fully migrated model version: no more writes in it, its kept vectors are dropped."""
+    collection = registry.collection(name)
+    model = registry.model_for_collection(collection, body.model)
+    gallery.retire(collection, model)
+    return collection_out(collection, registry)

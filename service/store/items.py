@@ -1,8 +1,4 @@
-"""The storage module: every SQL statement of the service lives here.
-
-The rest of the service deals in plain dataclasses and numpy arrays, so the database (SQLite or
-PostgreSQL) can change without touching routes or application logic.
-"""
+"""Storage of models, collections and items (with the vectors items held in earlier models)."""
 
 from __future__ import annotations
 
@@ -11,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from service.db_models import Collection, Item, ModelVersion, utcnow
+from service.db_models import Collection, CollectionRetirement, Item, ItemHistory, ModelVersion, Upgrade, utcnow
 
 _IN_CHUNK = 500  # keep IN (...) lists well under every driver's parameter limit
 VECTOR_DTYPE = np.dtype("<f4")
@@ -111,7 +107,7 @@ def _collection(row: Collection) -> CollectionRecord:
     return CollectionRecord(row.id, row.name, row.base_model_id, dict(row.index_spec or {}), row.seq, row.created_at)
 
 
-class Store:
+class ItemStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -133,6 +129,8 @@ class Store:
                 s.flush()
             except IntegrityError as exc:
                 raise AlreadyExists(name) from exc
+            if successor_of_id is not None:  # a successor always comes with its upgrade, atomically
+                s.add(Upgrade(old_model_id=successor_of_id, new_model_id=row.id, revision=0))
             return _model(row)
 
     def get_model(self, name: str) -> ModelRecord | None:
@@ -219,6 +217,9 @@ class Store:
                 else:
                     inserts.append({"collection_id": collection_id, "key": key, **values})
                     new_positions.append(pos)
+            for old_model, row_ids in replaced.items():
+                if old_model != model_id:
+                    self._keep_previous_vectors(s, old_model, row_ids)
             if updates:
                 s.execute(update(Item), updates)
             if inserts:
@@ -231,6 +232,41 @@ class Store:
             replaced={m: np.array(v, dtype=np.int64) for m, v in replaced.items()},
             tag=top,
         )
+
+    @staticmethod
+    def _keep_previous_vectors(s, old_model: int, row_ids: list[int]) -> None:
+        """Copy the vectors that are about to be replaced into item_history (inside the database)."""
+        for chunk in _chunks(row_ids):
+            s.execute(delete(ItemHistory).where(ItemHistory.item_id.in_(chunk), ItemHistory.model_id == old_model))
+            s.execute(
+                insert(ItemHistory).from_select(
+                    ["item_id", "model_id", "vector"],
+                    select(Item.id, Item.model_id, Item.vector).where(Item.id.in_(chunk)),
+                )
+            )
+
+    def retired_models(self, collection_id: int) -> set[int]:
+        with self._sessions() as s:
+            return set(s.scalars(select(CollectionRetirement.model_id).where(
+                CollectionRetirement.collection_id == collection_id)))
+
+    def retire_model(self, collection_id: int, model_id: int) -> int:
+        """Mark a model retired in a collection and drop the history vectors kept for it.
+
+        Returns how many items still hold a vector in that model (the caller refuses when > 0);
+        nothing changes in that case.
+        """
+        with self._sessions.begin() as s:
+            remaining = s.scalar(select(func.count()).select_from(Item).where(
+                Item.collection_id == collection_id, Item.model_id == model_id))
+            if remaining:
+                return int(remaining)
+            if s.get(CollectionRetirement, (collection_id, model_id)) is None:
+                s.add(CollectionRetirement(collection_id=collection_id, model_id=model_id))
+            s.execute(delete(ItemHistory).where(
+                ItemHistory.model_id == model_id,
+                ItemHistory.item_id.in_(select(Item.id).where(Item.collection_id == collection_id))))
+            return 0
 
     def delete_item(self, collection_id: int, key: str) -> tuple[int, int, int] | None:
         """Delete an item; return (model_id, row id, new collection tag), or None if absent."""

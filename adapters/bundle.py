@@ -1,0 +1,198 @@
+"""Everything a server needs from one trained upgrade, built, evaluated and saved together.
+
+An `UpgradeBundle` holds, for old model A -> new model B:
+- `to_old`: the compatibility transformation (B queries -> A space), any method of the registry;
+- an A -> B map for *old-model* queries against items already re-embedded into B: the method's own
+  `forward` map where it has one, else a centred orthogonal Procrustes fitted in the reverse
+  direction; both are measured on the held-out pairs and the better one is kept;
+- score maps putting routed scores on the query model's scale (calibration.py), both directions;
+- a reliability model ordering the backfill (reliability.py);
+- the evaluation on held-out pairs: old/old, new/new, new/old raw, new/old through the
+  transformation, old/new through the reverse map, ECC, gap closed.
+The held-out pairs are never trained on: the evaluation describes exactly the maps that are saved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from adapters.base import Adapter, ProgressFn, check_pairs
+from adapters.calibration import ScoreMap, fit_score_map
+from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, method_row
+from adapters.metrics import gap_closed
+from adapters.registry import create, load
+from adapters.reliability import ReliabilityModel, fit_reliability, item_errors, spearman
+
+META_FILE = "bundle.json"
+RELIABILITY_FILE = "reliability.safetensors"
+
+
+@dataclass
+class UpgradeBundle:
+    to_old: Adapter
+    reverse: Adapter | None  # None: to_old.forward is the A -> B map
+    new_old_scores: ScoreMap
+    old_new_scores: ScoreMap
+    reliability: ReliabilityModel
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    def new_to_old(self, x_new: np.ndarray) -> np.ndarray:
+        return self.to_old.transform(x_new)
+
+    def old_to_new(self, x_old: np.ndarray) -> np.ndarray:
+        if self.reverse is None:
+            return self.to_old.forward(x_old)
+        return self.reverse.transform(x_old)
+
+    @property
+    def passes_ecc(self) -> bool:
+        return bool(self.evaluation.get("ecc"))
+
+    def quality(self, direction: str) -> float:
+        """Share of the query model's own retrieval quality kept through this map (for routing)."""
+        rows = self.evaluation["rows"]
+        if direction == "new->old":
+            return _ratio(rows["new/old"][PRIMARY], rows["new/new"][PRIMARY])
+        return _ratio(rows["old/new"][PRIMARY], rows["old/old"][PRIMARY])
+
+    # ---- persistence --------------------------------------------------------------------------
+    def save(self, directory: Path | str) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.to_old.save(directory / "to_old")
+        if self.reverse is not None:
+            self.reverse.save(directory / "reverse")
+        save_file({"weight": self.reliability.weight, "bias": np.array([self.reliability.bias], np.float32)},
+                  directory / RELIABILITY_FILE)
+        meta = {"new_old_scores": self.new_old_scores.as_dict(), "old_new_scores": self.old_new_scores.as_dict(),
+                "evaluation": self.evaluation}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str) -> UpgradeBundle:
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text())
+        rel = load_file(directory / RELIABILITY_FILE)
+        reverse_dir = directory / "reverse"
+        return cls(
+            to_old=load(directory / "to_old"),
+            reverse=load(reverse_dir) if reverse_dir.exists() else None,
+            new_old_scores=ScoreMap(**meta["new_old_scores"]),
+            old_new_scores=ScoreMap(**meta["old_new_scores"]),
+            reliability=ReliabilityModel(rel["weight"], float(rel["bias"][0])),
+            evaluation=meta["evaluation"],
+        )
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python, NaN/inf to None (PostgreSQL's JSON rejects NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(max(a, 1e-6) / max(b, 1e-6))
+
+
+def split_holdout(n: int, fraction: float, max_holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) row indices: a random `fraction` of the pairs, at most `max_holdout`."""
+    rng = np.random.default_rng(seed)
+    n_hold = min(max_holdout, max(2, int(round(n * fraction))))
+    perm = rng.permutation(n)
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+def build_bundle(
+    x_old: np.ndarray,
+    x_new: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    method: str = "auto",
+    params: dict[str, Any] | None = None,
+    metric_old: str = "cosine",
+    metric_new: str = "cosine",
+    holdout_fraction: float = 0.2,
+    max_holdout: int = 5_000,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> UpgradeBundle:
+    """Fit `method` on part of the pairs and measure everything on the rest (see module docstring)."""
+    progress = progress or (lambda _f, _m: None)
+    x_old, x_new, labels = check_pairs(x_old, x_new, labels)
+    fit, hold = split_holdout(len(x_old), holdout_fraction, max_holdout, seed)
+    lab = (lambda idx: None) if labels is None else (lambda idx: labels[idx])
+
+    adapter = create(method, **(params or {}))
+    if adapter.needs_old_query:
+        raise ValueError(f"{method} needs every query embedded by both models; a server cannot use it")
+    progress(0.0, f"fitting {method} on {len(fit)} pairs ({len(hold)} held out)")
+    adapter.fit(x_old[fit], x_new[fit], lab(fit), seed=seed, progress=lambda f, m: progress(0.8 * f, m))
+
+    progress(0.8, "evaluating on held-out pairs")
+    test = EvalSet(x_old[hold], x_new[hold], lab(hold))
+    rows = baseline_rows(test)
+    result = method_row(adapter, test, rows)
+    rows["new/old"] = result["new/old"]
+
+    # Old-model queries against re-embedded items: the method's forward map or a reverse Procrustes.
+    options: dict[str, Adapter | None] = {}
+    if adapter.forward(x_old[hold[:1]]) is not None:
+        options["forward"] = None
+    reverse = create("procrustes")
+    reverse.fit(x_new[fit], x_old[fit], seed=seed)  # roles swapped: maps old -> new
+    options["procrustes"] = reverse
+    measured = {}
+    for name, candidate in options.items():
+        mapped = adapter.forward(test.old) if candidate is None else candidate.transform(test.old)
+        measured[name] = test.metrics(mapped, test.new).as_dict()
+    reverse_kind = max(measured, key=lambda name: measured[name][PRIMARY])
+    rows["old/new"] = measured[reverse_kind]
+    bundle = UpgradeBundle(adapter, options[reverse_kind], ScoreMap(), ScoreMap(),
+                           ReliabilityModel(np.zeros(x_old.shape[1], np.float32), 0.0))
+
+    progress(0.9, "calibrating scores and fitting the backfill order")
+    bundle.new_old_scores = fit_score_map(bundle.new_to_old(test.new), test.old, test.new, test.new,
+                                          metric_old, metric_new)
+    bundle.old_new_scores = fit_score_map(bundle.old_to_new(test.old), test.new, test.old, test.old,
+                                          metric_new, metric_old)
+    bundle.reliability = fit_reliability(x_old[fit], item_errors(bundle.old_to_new(x_old[fit]), x_new[fit]))
+    held_errors = item_errors(bundle.old_to_new(test.old), test.new)
+    rho = spearman(bundle.reliability.predict_error(test.old), held_errors)
+
+    report = adapter.report
+    notes = report.notes if report else {}
+    old_old, new_new = rows["old/old"][PRIMARY], rows["new/new"][PRIMARY]
+    bundle.evaluation = json_safe({
+        "method": method,
+        "selected": notes.get("selected", method),
+        "relevance": test.relevance,
+        "rows": rows,
+        "ecc": bool(result["ecc"]),
+        "ecc_top1": bool(result["ecc_top1"]),
+        "gap_closed": float(result["gap_closed"]),
+        "old_query_gap_closed": float(gap_closed(rows["old/new"][PRIMARY], new_new, old_old)),
+        "reverse_map": reverse_kind,
+        "reverse_candidates": measured,
+        "fit_seconds": float(report.fit_seconds if report else 0.0),
+        "curve": notes.get("selected_report", {}).get("curve") or (report.curve if report else []),
+        "candidates": notes.get("candidates", {}),
+        "calibration": {"new->old": bundle.new_old_scores.as_dict(), "old->new": bundle.old_new_scores.as_dict()},
+        "backfill_order_spearman": rho,
+        "pairs": {"fit": len(fit), "holdout": len(hold), "labels": labels is not None},
+    })
+    progress(1.0, "bundle ready")
+    return bundle

@@ -1,0 +1,185 @@
+"""Storage of upgrades, their training pairs and their trained transformations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+
+from service.db_models import Item, ItemHistory, Transformation, Upgrade, UpgradePair, utcnow
+from service.store.items import _chunks, decode_vectors, encode_vector
+
+
+@dataclass(frozen=True)
+class UpgradeRecord:
+    id: int
+    old_model_id: int
+    new_model_id: int
+    active_transformation_id: int | None
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TransformationRecord:
+    id: int
+    upgrade_id: int
+    job_id: int | None
+    method: str
+    path: str
+    passes_ecc: bool
+    evaluation: dict
+    created_at: datetime
+    activated_at: datetime | None
+
+
+@dataclass
+class PairSet:
+    """Training pairs of an upgrade: rows of `old` and `new` embed the same item."""
+
+    old: np.ndarray
+    new: np.ndarray
+    labels: np.ndarray | None  # only when every pair has one
+    uploaded: int
+    from_items: int
+
+
+def _upgrade(row: Upgrade) -> UpgradeRecord:
+    return UpgradeRecord(row.id, row.old_model_id, row.new_model_id, row.active_transformation_id, row.revision,
+                         row.created_at, row.updated_at)
+
+
+def _transformation(row: Transformation) -> TransformationRecord:
+    return TransformationRecord(row.id, row.upgrade_id, row.job_id, row.method, row.path, row.passes_ecc,
+                                dict(row.evaluation or {}), row.created_at, row.activated_at)
+
+
+class UpgradeStore:
+    # ---- upgrades -----------------------------------------------------------------------------
+    def list_upgrades(self) -> list[UpgradeRecord]:
+        with self._sessions() as s:
+            return [_upgrade(r) for r in s.scalars(select(Upgrade).order_by(Upgrade.id))]
+
+    def get_upgrade(self, upgrade_id: int) -> UpgradeRecord | None:
+        with self._sessions() as s:
+            row = s.get(Upgrade, upgrade_id)
+            return _upgrade(row) if row else None
+
+    def serving_fingerprint(self) -> tuple[tuple[int, int], ...]:
+        """(upgrade id, revision) for every upgrade: changes whenever any activation changes."""
+        with self._sessions() as s:
+            return tuple((int(i), int(r)) for i, r in s.execute(
+                select(Upgrade.id, Upgrade.revision).order_by(Upgrade.id)))
+
+    def activate(self, upgrade_id: int, transformation_id: int | None) -> UpgradeRecord:
+        """Make `transformation_id` the upgrade's active one (None: no transformation), atomically."""
+        now = utcnow()
+        with self._sessions.begin() as s:
+            s.execute(update(Upgrade).where(Upgrade.id == upgrade_id).values(
+                active_transformation_id=transformation_id, revision=Upgrade.revision + 1, updated_at=now))
+            if transformation_id is not None:
+                s.execute(update(Transformation).where(Transformation.id == transformation_id).values(
+                    activated_at=now))
+            return _upgrade(s.get(Upgrade, upgrade_id))
+
+    # ---- pairs --------------------------------------------------------------------------------
+    def add_pairs(
+        self,
+        upgrade_id: int,
+        keys: Sequence[str] | None,
+        old: np.ndarray,
+        new: np.ndarray,
+        labels: Sequence[str] | None,
+    ) -> tuple[int, int]:
+        """Store a batch of pairs in one transaction; a pair with a known key replaces it.
+
+        Returns (created, replaced).
+        """
+        replaced = 0
+        with self._sessions.begin() as s:
+            if keys is not None:
+                for chunk in _chunks(list(keys)):
+                    replaced += s.execute(delete(UpgradePair).where(
+                        UpgradePair.upgrade_id == upgrade_id, UpgradePair.key.in_(chunk))).rowcount
+            rows = [
+                {"upgrade_id": upgrade_id, "key": None if keys is None else keys[i],
+                 "old_vector": encode_vector(old[i]), "new_vector": encode_vector(new[i]),
+                 "label": None if labels is None else labels[i]}
+                for i in range(len(old))
+            ]
+            s.execute(insert(UpgradePair), rows)
+        return len(old) - replaced, replaced
+
+    def _item_pairs_query(self, old_model_id: int, new_model_id: int):
+        return (
+            select(ItemHistory.vector, Item.vector, Item.payload)
+            .join(Item, Item.id == ItemHistory.item_id)
+            .where(ItemHistory.model_id == old_model_id, Item.model_id == new_model_id)
+        )
+
+    def pair_counts(self, upgrade: UpgradeRecord) -> dict[str, int]:
+        with self._sessions() as s:
+            uploaded = s.scalar(select(func.count()).select_from(UpgradePair).where(
+                UpgradePair.upgrade_id == upgrade.id))
+            from_items = s.scalar(select(func.count()).select_from(
+                self._item_pairs_query(upgrade.old_model_id, upgrade.new_model_id).subquery()))
+        return {"uploaded": int(uploaded or 0), "from_items": int(from_items or 0)}
+
+    def load_pairs(self, upgrade: UpgradeRecord, d_old: int, d_new: int, label_field: str | None) -> PairSet:
+        """Every training pair of the upgrade: uploaded ones, then items re-embedded into the new model.
+
+        Items' labels come from `payload[label_field]` when a field is named.
+        """
+        old_blobs: list[bytes] = []
+        new_blobs: list[bytes] = []
+        labels: list[str | None] = []
+        with self._sessions() as s:
+            for o, n, label in s.execute(
+                select(UpgradePair.old_vector, UpgradePair.new_vector, UpgradePair.label)
+                .where(UpgradePair.upgrade_id == upgrade.id).order_by(UpgradePair.id)
+            ):
+                old_blobs.append(o)
+                new_blobs.append(n)
+                labels.append(label)
+            uploaded = len(old_blobs)
+            for o, n, payload in s.execute(self._item_pairs_query(upgrade.old_model_id, upgrade.new_model_id)
+                                           .order_by(Item.id)):
+                old_blobs.append(o)
+                new_blobs.append(n)
+                value = (payload or {}).get(label_field) if label_field else None
+                labels.append(None if value is None else str(value))
+        have_labels = bool(labels) and all(label is not None for label in labels)
+        return PairSet(
+            old=decode_vectors(old_blobs, d_old),
+            new=decode_vectors(new_blobs, d_new),
+            labels=np.asarray(labels) if have_labels else None,
+            uploaded=uploaded,
+            from_items=len(old_blobs) - uploaded,
+        )
+
+    # ---- transformations ----------------------------------------------------------------------
+    def add_transformation(
+        self, upgrade_id: int, job_id: int | None, method: str, path: str, passes_ecc: bool, evaluation: dict
+    ) -> TransformationRecord:
+        with self._sessions.begin() as s:
+            row = Transformation(upgrade_id=upgrade_id, job_id=job_id, method=method, path=path,
+                                 passes_ecc=passes_ecc, evaluation=evaluation)
+            s.add(row)
+            s.flush()
+            return _transformation(row)
+
+    def get_transformation(self, transformation_id: int) -> TransformationRecord | None:
+        with self._sessions() as s:
+            row = s.get(Transformation, transformation_id)
+            return _transformation(row) if row else None
+
+    def list_transformations(self, upgrade_id: int | None = None) -> list[TransformationRecord]:
+        query = select(Transformation).order_by(Transformation.id)
+        if upgrade_id is not None:
+            query = query.where(Transformation.upgrade_id == upgrade_id)
+        with self._sessions() as s:
+            return [_transformation(r) for r in s.scalars(query)]

@@ -1,0 +1,252 @@
+"""Backfill-free upgrades end to end over real HTTP (SQLite and PostgreSQL): pairs, training jobs,
+activation, mixed-gallery serving, progressive backfill, chains, rollback, retirement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapters.bundle import UpgradeBundle
+from adapters.metrics import normalize
+from tests.conftest import unique
+from tests.helpers import b64, make_model, upsert
+from tests.upgrade_helpers import (
+    lineage_with_gallery,
+    map_at_r,
+    service_ranking,
+    train,
+    upload_pairs,
+    wait_job,
+    wordnet,
+)
+
+OLD, NEW, LABELS, IDS = wordnet()
+LABEL_OF = dict(zip(IDS, [str(x) for x in LABELS], strict=True))
+HALF = np.arange(0, len(IDS), 2)  # pairs uploaded for these items
+QUERIES = np.arange(1, len(IDS), 2)  # the other half queries
+K = 60
+
+
+def ranked_ids(result: dict) -> list[list[str]]:
+    return [[h["id"] for h in row["hits"]] for row in result["results"]]
+
+
+@pytest.fixture(scope="module")
+def upgraded(live, tmp_path_factory):
+    """v1 gallery of 480 WordNet items, v2 successor trained (procrustes) on half of them, active."""
+    import httpx
+
+    with httpx.Client(base_url=live.url, timeout=60) as client:
+        names = (unique("v1"), unique("v2"), unique("g"))
+        uid = lineage_with_gallery(client, names, OLD, NEW, IDS, LABELS)
+        r = upload_pairs(client, uid, [IDS[i] for i in HALF], OLD[HALF], NEW[HALF], [LABEL_OF[IDS[i]] for i in HALF])
+        assert r.status_code == 200, r.text
+        assert r.json()["pairs"] == {"uploaded": len(HALF), "from_items": 0}
+        job = train(client, uid)
+        if not job["result"]["activated"]:
+            assert client.post(f"/v1/upgrades/{uid}/activate", json={"force": True}).status_code == 200
+        return {"names": names, "uid": uid, "job": job}
+
+
+def test_training_job_reports_progress_log_and_evaluation(client, upgraded) -> None:
+    job = upgraded["job"]
+    assert job["progress"] == 1.0 and job["attempts"] == 1 and "pairs" in job["log_tail"]
+    up = client.get(f"/v1/upgrades/{upgraded['uid']}").json()
+    (t,) = up["transformations"]
+    assert up["active_transformation"] == t["id"] and t["active"] and up["jobs"] == [job["id"]]
+    rows = t["evaluation"]["rows"]
+    assert set(rows) == {"old/old", "new/new", "new/old raw", "new/old", "old/new"}
+    for row in rows.values():
+        assert {"top1", "top5", "mAP", "mAP@R"} <= set(row)
+    assert rows["new/old"]["mAP@R"] > 2 * rows["new/old raw"]["mAP@R"], "the transformation must beat no map"
+    assert t["evaluation"]["ecc"] == t["passes_ecc"]
+    assert t["evaluation"]["pairs"]["holdout"] > 0 and t["evaluation"]["calibration"]["new->old"]["a"] > 0
+
+
+def test_new_model_queries_match_the_offline_computation(client, live, upgraded) -> None:
+    """The service's new->old ranking equals brute force through the saved bundle."""
+    v1, v2, coll = upgraded["names"]
+    out = service_ranking(client, coll, v2, NEW[QUERIES], K)
+    (searched,) = out["searched"]
+    assert searched["model"] == v1 and searched["route"] == [v2, v1] and out["skipped"] == []
+    t = client.get(f"/v1/upgrades/{upgraded['uid']}").json()["transformations"][0]
+    bundle_dir = next(Path(live.settings.data_dir).glob(f"transformations/u{upgraded['uid']}/job*"))
+    bundle = UpgradeBundle.load(bundle_dir)
+    assert searched["transformations"] == [t["id"]]
+    expected = np.argsort(-(normalize(bundle.new_to_old(NEW[QUERIES])) @ normalize(OLD).T), axis=1)[:, :K]
+    got = ranked_ids(out)
+    agree = np.mean([g[:10] == [IDS[j] for j in e[:10]] for g, e in zip(got, expected, strict=True)])
+    assert agree > 0.97  # float32 ties may swap a neighbour now and then
+    service = map_at_r(got, [IDS[i] for i in QUERIES], LABEL_OF)
+    offline = map_at_r([[IDS[j] for j in e] for e in expected], [IDS[i] for i in QUERIES], LABEL_OF)
+    assert abs(service - offline) < 0.005
+    native = map_at_r([[IDS[j] for j in row] for row in np.argsort(-(normalize(OLD[QUERIES]) @ normalize(OLD).T),
+                                                                   axis=1)[:, :K]], [IDS[i] for i in QUERIES], LABEL_OF)
+    assert service > 0.8 * native, "new->old retrieval should be close to old/old"
+
+
+def test_progressive_backfill_moves_items_without_duplicates(client, upgraded) -> None:
+    v1, v2, coll = upgraded["names"]
+    query_ids = [IDS[i] for i in QUERIES]
+    before = map_at_r(ranked_ids(service_ranking(client, coll, v2, NEW[QUERIES], K)), query_ids, LABEL_OF)
+    third = np.arange(0, len(IDS), 3)
+    r = upsert(client, coll, v2, [IDS[i] for i in third], NEW[third], [{"label": LABEL_OF[IDS[i]]} for i in third],
+               compact=True)
+    assert r.status_code == 200 and r.json()["updated"] == len(third)
+    mixed = service_ranking(client, coll, v2, NEW[QUERIES], K)
+    assert {s["model"]: s["items"] for s in mixed["searched"]} == {v1: len(IDS) - len(third), v2: len(third)}
+    for row in mixed["results"]:
+        ids = [h["id"] for h in row["hits"]]
+        assert len(ids) == len(set(ids)) == K, "one hit per item, never two"
+    after = map_at_r(ranked_ids(mixed), query_ids, LABEL_OF)
+    assert after >= before - 0.002, f"mixed gallery {after:.4f} worse than pure new/old {before:.4f}"
+    # an old-model client still finds re-embedded items (through the reverse map)
+    moved = third[1::2][:40]
+    old_q = service_ranking(client, coll, v1, OLD[moved], 10)
+    found = [IDS[i] in [h["id"] for h in row["hits"]] for row, i in zip(old_q["results"], moved, strict=True)]
+    print("old-model queries finding their re-embedded item in the top 10:", sum(found), "/", len(found))
+    assert sum(found) >= 0.75 * len(found)
+    # re-embedded items became training pairs
+    pairs = client.get(f"/v1/upgrades/{upgraded['uid']}").json()["pairs"]
+    assert pairs == {"uploaded": len(HALF), "from_items": len(third)}
+    report = client.get(f"/v1/collections/{coll}/backfill", params={"limit": 10}).json()
+    assert report["target"] == v2 and report["migrated"] == len(third) and report["items"] == len(IDS)
+    assert [m["items"] for m in report["models"]] == [len(IDS) - len(third), len(third)]
+    errors = [s["predicted_error"] for s in report["suggested"]]
+    assert len(errors) == 10 and errors == sorted(errors, reverse=True)
+    assert all(s["model"] == v1 for s in report["suggested"])
+    assert report["order"].startswith("predicted transformation error")
+
+
+def test_rollback_switches_the_transformation_queries_use(client, upgraded) -> None:
+    v1, v2, coll = upgraded["names"]
+    uid = upgraded["uid"]
+    first = client.get(f"/v1/upgrades/{uid}").json()["active_transformation"]
+    job = train(client, uid, method="affine")
+    second = job["result"]["transformation_id"]
+    r = client.post(f"/v1/upgrades/{uid}/activate", json={"transformation": second, "force": True})
+    assert r.status_code == 200 and r.json()["active_transformation"] == second
+    q = {"model": v2, "vector_b64": b64(NEW[1]), "k": 3}
+    routed = [s for s in client.post(f"/v1/collections/{coll}/query", json=q).json()["searched"] if "route" in s]
+    assert routed[0]["transformations"] == [second]
+    assert client.post(f"/v1/upgrades/{uid}/activate", json={"transformation": first, "force": True}).json()[
+        "active_transformation"] == first
+    routed = [s for s in client.post(f"/v1/collections/{coll}/query", json=q).json()["searched"] if "route" in s]
+    assert routed[0]["transformations"] == [first]
+    r = client.post(f"/v1/upgrades/{uid}/activate", json={"transformation": 99_999})
+    assert r.status_code == 404 and "transformation" in r.text
+
+
+def test_three_version_chain_composes_transformations(client) -> None:
+    v1, v2, v3, coll = unique("v1"), unique("v2"), unique("v3"), unique("g")
+    uid12 = lineage_with_gallery(client, (v1, v2, coll), OLD, NEW, IDS, LABELS)
+    assert upload_pairs(client, uid12, IDS, OLD, NEW).status_code == 200
+    train(client, uid12)
+    client.post(f"/v1/upgrades/{uid12}/activate", json={"force": True})
+    # v3: a different 512-d space derived from v2 (random rotation, truncation, noise)
+    rng = np.random.default_rng(3)
+    rot, _ = np.linalg.qr(rng.normal(size=(768, 768)))
+    v3_vectors = (normalize(NEW) @ rot[:, :512] + rng.normal(scale=0.01, size=(len(IDS), 512))).astype(np.float32)
+    make_model(client, v3, 512, successor_of=v2)
+    uid23 = next(u["id"] for u in client.get("/v1/upgrades").json() if u["new_model"] == v3)
+    assert upload_pairs(client, uid23, IDS, NEW, v3_vectors).status_code == 200
+    train(client, uid23)
+    client.post(f"/v1/upgrades/{uid23}/activate", json={"force": True})
+    third = np.arange(0, len(IDS), 3)
+    assert upsert(client, coll, v2, [IDS[i] for i in third], NEW[third], compact=True).status_code == 200
+    out = service_ranking(client, coll, v3, v3_vectors[QUERIES], K)
+    routes = {s["model"]: s.get("route") for s in out["searched"]}
+    assert routes == {v1: [v3, v2, v1], v2: [v3, v2]}
+    query_ids = [IDS[i] for i in QUERIES]
+    chained = map_at_r(ranked_ids(out), query_ids, LABEL_OF)
+    via_v2 = map_at_r(ranked_ids(service_ranking(client, coll, v2, NEW[QUERIES], K)), query_ids, LABEL_OF)
+    assert chained > 0.9 * via_v2, (chained, via_v2)
+    # a v1 client reaches v2 items through the forward direction of the first upgrade
+    routes_v1 = {s["model"]: s.get("route") for s in service_ranking(client, coll, v1, OLD[:4], 3)["searched"]}
+    assert routes_v1 == {v1: None, v2: [v1, v2]}
+
+
+def test_query_model_without_a_path_is_409_until_activation(client) -> None:
+    v1, v2, coll = unique("v1"), unique("v2"), unique("g")
+    uid = lineage_with_gallery(client, (v1, v2, coll), OLD[:120], NEW[:120], IDS[:120], LABELS[:120])
+    r = client.post(f"/v1/collections/{coll}/query", json={"model": v2, "vector_b64": b64(NEW[0])})
+    assert r.status_code == 409 and "no active transformation" in r.json()["detail"]
+    assert client.post(f"/v1/upgrades/{uid}/activate", json={}).status_code == 409  # nothing trained yet
+    r = client.post(f"/v1/upgrades/{uid}/train", json={"method": "procrustes"})
+    assert r.status_code == 409 and "at least" in r.json()["detail"]  # 0 pairs
+    assert upload_pairs(client, uid, IDS[:120], OLD[:120], NEW[:120]).status_code == 200
+    train(client, uid)
+    client.post(f"/v1/upgrades/{uid}/activate", json={"force": True})
+    assert client.post(f"/v1/collections/{coll}/query", json={"model": v2, "vector_b64": b64(NEW[0])}).status_code == 200
+    assert client.post(f"/v1/upgrades/{uid}/deactivate").json()["active_transformation"] is None
+    assert client.post(f"/v1/collections/{coll}/query", json={"model": v2, "vector_b64": b64(NEW[0])}).status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "status"),
+    [
+        ({"old_vectors": [[0.1] * 384], "new_vectors": [[0.1] * 700]}, "new_vectors[0]", 422),
+        ({"old_vectors": [[0.1] * 384, [0.1] * 384], "new_vectors": [[0.1] * 768]}, "new_vectors", 422),
+        ({"old_vectors": [[float("nan")] + [0.1] * 383], "new_vectors": [[0.1] * 768]}, "old_vectors", 422),
+        ({"old_vectors": [], "new_vectors": []}, "old_vectors", 422),
+        ({"old_vectors": [[0.1] * 384]}, "new_vectors", 422),
+        ({"ids": ["a", "a"], "old_vectors": [[0.1] * 384] * 2, "new_vectors": [[0.1] * 768] * 2}, "ids", 422),
+        ({"labels": ["x"], "old_vectors": [[0.1] * 384] * 2, "new_vectors": [[0.1] * 768] * 2}, "labels", 422),
+    ],
+)
+def test_bad_pairs_are_rejected_and_change_nothing(client, body, field, status) -> None:
+    v1, v2 = unique("v1"), unique("v2")
+    make_model(client, v1, 384)
+    make_model(client, v2, 768, successor_of=v1)
+    uid = next(u["id"] for u in client.get("/v1/upgrades").json() if u["new_model"] == v2)
+    content = __import__("json").dumps(body).replace("NaN", "NaN")
+    r = client.post(f"/v1/upgrades/{uid}/pairs", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert field in r.text
+    assert client.get(f"/v1/upgrades/{uid}").json()["pairs"] == {"uploaded": 0, "from_items": 0}
+
+
+def test_bad_training_requests(client, upgraded) -> None:
+    uid = upgraded["uid"]
+    for body, field in [({"method": "nope"}, "method"), ({"method": "slerp"}, "method"),
+                        ({"method": "affine", "params": {"colour": 1}}, "params")]:
+        r = client.post(f"/v1/upgrades/{uid}/train", json=body)
+        assert r.status_code == 422 and field in r.text, r.text
+    assert client.post("/v1/upgrades/99999/train", json={}).status_code == 404
+    assert client.get("/v1/jobs/99999").status_code == 404
+
+
+def test_cancel_a_running_job(client) -> None:
+    v1, v2, coll = unique("v1"), unique("v2"), unique("g")
+    uid = lineage_with_gallery(client, (v1, v2, coll), OLD[:200], NEW[:200], IDS[:200], LABELS[:200])
+    assert upload_pairs(client, uid, IDS, OLD, NEW).status_code == 200
+    params = {"max_steps": 100_000, "min_steps": 100_000, "max_epochs": 100_000, "eval_every": 5}
+    r = client.post(f"/v1/upgrades/{uid}/train", json={"method": "bt2", "params": params})
+    job_id = r.json()["id"]
+    import time
+
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job_id}").json()["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = wait_job(client, job_id)
+    assert job["state"] == "cancelled" and "cancelled" in job["log_tail"]
+    assert client.get(f"/v1/upgrades/{uid}").json()["transformations"] == []
+
+
+def test_retire_a_fully_migrated_version(client) -> None:
+    v1, v2, coll = unique("v1"), unique("v2"), unique("g")
+    lineage_with_gallery(client, (v1, v2, coll), OLD[:30], NEW[:30], IDS[:30], LABELS[:30])
+    r = client.post(f"/v1/collections/{coll}/retire", json={"model": v1})
+    assert r.status_code == 409 and "30 item(s)" in r.json()["detail"]
+    assert upsert(client, coll, v2, IDS[:30], NEW[:30], compact=True).status_code == 200
+    report = client.get(f"/v1/collections/{coll}/backfill").json()
+    assert report["progress"] == 1.0 and report["suggested"] == []
+    r = client.post(f"/v1/collections/{coll}/retire", json={"model": v1})
+    assert r.status_code == 200, r.text
+    assert {m["model"]: m["retired"] for m in client.get(f"/v1/collections/{coll}/backfill").json()["models"]} == {
+        v1: True, v2: False}
+    r = upsert(client, coll, v1, ["new-item"], OLD[:1], compact=True)
+    assert r.status_code == 409 and "retired" in r.text
