@@ -24,6 +24,15 @@ setup() {
     fi
 }
 
+browser() {
+    # The dashboard tests drive Debian's Chromium (never a downloaded browser). Install it when
+    # missing and this machine can (root + apt); otherwise those tests skip and say why.
+    if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+            || echo "could not install chromium; dashboard browser tests will be skipped" >&2
+    fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -33,6 +42,7 @@ case "$cmd" in
         ;;
     test)
         setup
+        browser
         set +e
         "$VENV/bin/python" -m pytest "$@"
         rc=$?

@@ -9,18 +9,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import GaugeMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index import FaissBackend
 from service.backfill import Backfill
 from service.body_limit import BodyLimitMiddleware
+from service.compat_matrix import CompatibilityMatrix
+from service.dashboard import views as dashboard_views
 from service.db import make_engine, migrate
 from service.errors import ApiError
 from service.gallery import Gallery
 from service.index_sync import SnapshotScheduler, load_all
 from service.jobs import JobRunner
 from service.json_body import install_openapi
+from service.observability import Metrics, MetricsMiddleware
 from service.registry import Registry
 from service.routes import collections, health, jobs, models
 from service.routes import upgrades as upgrade_routes
@@ -62,6 +68,19 @@ def _install_error_handlers(app: FastAPI) -> None:
                             headers=getattr(exc, "headers", None))
 
 
+def _gauges(store: Store, registry: Registry) -> list[GaugeMetricFamily]:
+    """Read at scrape time: items per collection and model version, jobs per state."""
+    items = GaugeMetricFamily("nobackfill_items", "Items per collection and model version",
+                              labels=["collection", "model"])
+    for c in registry.collections():
+        for model_id, n in store.item_counts(c.id).items():
+            items.add_metric([c.name, registry.model_by_id(model_id).name], n)
+    jobs = GaugeMetricFamily("nobackfill_jobs", "Jobs per state", labels=["state"])
+    for state, n in store.job_counts().items():
+        jobs.add_metric([state], n)
+    return [items, jobs]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -86,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.backend, app.state.scheduler, app.state.load_error = backend, scheduler, None
         app.state.router, app.state.upgrades, app.state.runner = router, upgrades, runner
         app.state.backfill = Backfill(store, registry, router)
+        app.state.compat = CompatibilityMatrix(store, registry, router)
+        app.state.metrics_gauges = lambda: _gauges(store, registry)
         log.info("nobackfill starting: database=%s device=%s", engine.url.render_as_string(hide_password=True),
                  backend.device)
 
@@ -120,12 +141,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics(gauges=lambda: app.state.metrics_gauges() if hasattr(app.state, "metrics_gauges")
+                                else [])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(collections.router)
     app.include_router(upgrade_routes.router)
     app.include_router(jobs.router)
+    app.include_router(dashboard_views.router)
+    app.mount("/dashboard/static", StaticFiles(directory=dashboard_views.HERE / "static"), name="dashboard-static")
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     install_openapi(app, [UpsertRequest, QueryRequest, PairsUpload])
     return app

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default is a SQLite file under data_dir."
     )
     api_key: SecretStr | None = Field(None, description="When set, writes and admin calls need it.")
+    read_api_key: SecretStr | None = Field(
+        None, description="Optional read-only key: queries, reads and a read-only dashboard login."
+    )
+    session_hours: float = Field(12.0, gt=0, description="Lifetime of a dashboard login.")
+    secure_cookies: bool = Field(False, description="Mark the session cookie Secure (serve over HTTPS).")
     read_requires_key: bool = Field(
         False, description="When true, reads and queries need the API key too (closed deployment)."
     )

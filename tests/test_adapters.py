@@ -46,7 +46,7 @@ def test_procrustes_recovers_a_rotation_across_unequal_dims(d_new, d_old) -> Non
     core = rng.normal(size=(500, d)).astype(np.float32)
     core /= np.linalg.norm(core, axis=1, keepdims=True)
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    pad = lambda x, w: np.hstack([x, np.zeros((len(x), w - x.shape[1]), np.float32)])  # noqa: E731
+    pad = lambda x, w: np.hstack([x, np.zeros((len(x), w - x.shape[1]), np.float32)])
     x_new, x_old = pad(core, d_new), pad((core @ q).astype(np.float32), d_old)
     adapter = Procrustes(center=False)
     adapter.fit(x_old, x_new)

@@ -93,7 +93,7 @@ def _lineage_with_pairs(url: str) -> tuple[str, str, str, int]:
 def test_training_interrupted_by_a_crash_is_rerun_after_restart(servers, tmp_path: Path) -> None:  # noqa: F811
     url_db = f"sqlite:///{tmp_path / 'crash.db'}"
     server = servers(tmp_path / "data", url_db).start()
-    v1, v2, coll, uid = _lineage_with_pairs(server.url)
+    _v1, _v2, _coll, uid = _lineage_with_pairs(server.url)
     slow = {"max_steps": 160, "min_steps": 160, "eval_every": 10, "patience": 1000}
     with httpx.Client(base_url=server.url, timeout=60) as c:
         job_id = c.post(f"/v1/upgrades/{uid}/train", json={"method": "bt2", "params": slow}).json()["id"]

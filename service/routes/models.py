@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 
 from service import deps
 from service.auth import require_admin, require_reader
@@ -40,3 +40,9 @@ def list_models(registry: Registry = Depends(deps.registry)) -> list[ModelOut]:
 @router.get("/{name}", response_model=ModelOut, dependencies=[Depends(require_reader)])
 def get_model(name: str, registry: Registry = Depends(deps.registry)) -> ModelOut:
     return model_out(registry.model(name, field="name"), registry)
+
+
+@router.get("/{name}/compatibility", dependencies=[Depends(require_reader)])
+def compatibility(name: str, request: Request, registry: Registry = Depends(deps.registry)) -> dict:
+    """Compatibility matrix of the model's lineage (query model x gallery model), with AC and AM."""
+    return request.app.state.compat.compute(registry.model(name, field="name"))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from service.db_models import Job, utcnow
 
@@ -76,6 +76,10 @@ class JobStore:
             query = query.where(Job.state == state)
         with self._sessions() as s:
             return [_job(r) for r in s.scalars(query)]
+
+    def job_counts(self) -> dict[str, int]:
+        with self._sessions() as s:
+            return {state: int(n) for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state))}
 
     def claim_job(self, worker: str, kinds: Sequence[str]) -> JobRecord | None:
         """Take the oldest queued job of the given kinds, or None."""

@@ -161,6 +161,21 @@ class UpgradeStore:
             from_items=len(old_blobs) - uploaded,
         )
 
+    def keyed_pairs(self, upgrade: UpgradeRecord, d_old: int, d_new: int) -> tuple[list[str], np.ndarray,
+                                                                                  np.ndarray, list[str | None]]:
+        """Uploaded pairs that carry an id: (ids, old, new, labels) -- for joining across upgrades."""
+        keys, olds, news, labels = [], [], [], []
+        with self._sessions() as s:
+            for key, o, n, label in s.execute(
+                select(UpgradePair.key, UpgradePair.old_vector, UpgradePair.new_vector, UpgradePair.label)
+                .where(UpgradePair.upgrade_id == upgrade.id, UpgradePair.key.is_not(None)).order_by(UpgradePair.id)
+            ):
+                keys.append(key)
+                olds.append(o)
+                news.append(n)
+                labels.append(label)
+        return keys, decode_vectors(olds, d_old), decode_vectors(news, d_new), labels
+
     # ---- transformations ----------------------------------------------------------------------
     def add_transformation(
         self, upgrade_id: int, job_id: int | None, method: str, path: str, passes_ecc: bool, evaluation: dict

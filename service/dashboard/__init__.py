@@ -1,0 +1,1 @@
+"""Admin dashboard (server-rendered pages at /dashboard, static files at /dashboard/static)."""
