@@ -32,7 +32,7 @@ import faiss
 import httpx
 import numpy as np
 
-from bench.common import Service, b64
+from bench.common import Service, b64, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -127,11 +127,12 @@ def ingest(client: httpx.Client, collection: str, x: np.ndarray, batch: int = 5_
 
 
 # ---- one configuration ------------------------------------------------------------------------
-def run_kind(kind: str, x: np.ndarray, queries: np.ndarray, args, client: httpx.Client) -> dict:
+def run_kind(kind: str, x: np.ndarray, queries: np.ndarray, args, client: httpx.Client, service: Service) -> dict:
     row: dict = {"kind": kind}
     t0 = time.perf_counter()
     index = raw_index(kind, x, args.ef_search, args.nprobe)
     row["raw_build_s"] = round(time.perf_counter() - t0, 2)
+    row["faiss_bytes_per_vector"] = round(len(faiss.serialize_index(index)) / len(x), 1)
     singles = [queries[i : i + 1] for i in range(len(queries))]
     batches = [queries[i : i + 32] for i in range(0, len(queries) - 31, 32)]
     for threads in (1, 2):
@@ -145,7 +146,11 @@ def run_kind(kind: str, x: np.ndarray, queries: np.ndarray, args, client: httpx.
     spec = {"kind": kind, "hnsw_ef_search": args.ef_search, "ivf_nprobe": args.nprobe,
             "ivf_train_min": min(10_000, len(x))}
     client.post("/v1/collections", json={"name": name, "model": "bench-model", "index": spec}).raise_for_status()
+    rss_before = service.rss_bytes()
     row["ingest_vectors_per_s"] = round(ingest(client, name, x), 1)
+    row["service_rss_bytes_per_vector"] = round((service.rss_bytes() - rss_before) / len(x), 1)
+    budget = 0.8 * 24 * 2**30  # this machine: 24 GiB, leave a fifth for the OS, Python and the database cache
+    row["largest_gallery_24gib"] = int(budget / max(row["faiss_bytes_per_vector"], 1))
     url = f"/v1/collections/{name}/query"
 
     def post(body: dict) -> None:
@@ -158,11 +163,82 @@ def run_kind(kind: str, x: np.ndarray, queries: np.ndarray, args, client: httpx.
     row["service_single_b64"] = timed(lambda q: post({**base, "vector_b64": b64(q[0])}), singles, 1).as_dict()
     row["service_batch32_json"] = timed(lambda q: post({**base, "vectors": q.tolist()}), batches, 32).as_dict()
     row["service_batch32_b64"] = timed(lambda q: post({**base, "vectors_b64": b64(q)}), batches, 32).as_dict()
+    row["service_single_b64_2conn"] = concurrent_qps(client.base_url, url, base, singles, connections=2)
     ref = row[f"faiss_single_t{args.threads}"]["p50_ms"]
     row["ratio_single_b64_p50"] = round(row["service_single_b64"]["p50_ms"] / ref, 2)
     row["ratio_single_json_p50"] = round(row["service_single_json"]["p50_ms"] / ref, 2)
     row["overhead_single_b64_p50_ms"] = round(row["service_single_b64"]["p50_ms"] - ref, 3)
+    if args.upgrade:
+        row.update(upgrade_phase(kind, name, x, queries, singles, args, client, post, base))
     return row
+
+
+def concurrent_qps(base_url, url: str, body: dict, singles: list, connections: int) -> dict:
+    """Queries per second with several keep-alive connections sending single queries at once."""
+    import threading
+
+    per = [singles[i::connections] for i in range(connections)]
+    samples: list[float] = []
+    lock = threading.Lock()
+
+    def worker(calls: list) -> None:
+        with httpx.Client(base_url=base_url, timeout=300) as c:
+            mine = []
+            for q in calls:
+                t0 = time.perf_counter()
+                c.post(url, json={**body, "vector_b64": b64(q[0])}).raise_for_status()
+                mine.append(time.perf_counter() - t0)
+            with lock:
+                samples.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(calls,)) for calls in per]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = time.perf_counter() - started
+    ms = np.array(samples) * 1000
+    return Timing(float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(samples) / total).as_dict()
+
+
+def upgrade_phase(kind: str, name: str, x: np.ndarray, queries: np.ndarray, singles: list, args, client, post,
+                  base: dict) -> dict:
+    """A successor model (the gallery's space rotated, plus noise) with a trained Procrustes map:
+    (a) v2 queries against the all-v1 gallery -- one transformation in the path;
+    (b) half the items re-embedded into v2 -- a mixed gallery of two partitions.
+    Also times the transformation alone, in process, per query."""
+    from adapters.bundle import UpgradeBundle
+
+    out: dict = {}
+    rng = np.random.default_rng(7)
+    rot, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
+    rot = rot.astype(np.float32)
+    v2_name = f"bench-v2-{kind}"
+    client.post("/v1/models", json={"name": v2_name, "dim": x.shape[1], "successor_of": "bench-model"}).raise_for_status()
+    uid = next(u["id"] for u in client.get("/v1/upgrades").json() if u["new_model"] == v2_name)
+    pairs = rng.choice(len(x), min(5_000, len(x)), replace=False)
+    new_pairs = x[pairs] @ rot + rng.normal(scale=0.01, size=(len(pairs), x.shape[1])).astype(np.float32)
+    client.post(f"/v1/upgrades/{uid}/pairs", json={"old_vectors_b64": b64(x[pairs]),
+                                                   "new_vectors_b64": b64(new_pairs)}).raise_for_status()
+    job = client.post(f"/v1/upgrades/{uid}/train", json={"method": "procrustes"}).raise_for_status().json()
+    job = wait_for_job(client, job["id"])
+    client.post(f"/v1/upgrades/{uid}/activate", json={"force": True}).raise_for_status()
+    v2_singles = [q @ rot for q in singles]
+    body = {**base, "model": v2_name}
+    out["service_single_b64_transformed"] = timed(lambda q: post({**body, "vector_b64": b64(q[0])}), v2_singles,
+                                                  1).as_dict()
+    bundle_dir = next(Path(args.data_dir).glob(f"transformations/u{uid}/job*"))
+    bundle = UpgradeBundle.load(bundle_dir)
+    out["transform_only_us"] = round(timed(lambda q: bundle.new_to_old(q), v2_singles, 1).p50_ms * 1000, 1)
+    half = np.arange(0, len(x), 2)
+    for start in range(0, len(half), 5_000):
+        chunk = half[start : start + 5_000]
+        items = [{"id": f"item-{i}", "vector_b64": b64(x[i] @ rot)} for i in chunk]
+        client.post(f"/v1/collections/{name}/items", json={"model": v2_name, "items": items}).raise_for_status()
+    out["service_single_b64_mixed"] = timed(lambda q: post({**body, "vector_b64": b64(q[0])}), v2_singles,
+                                            1).as_dict()
+    return out
 
 
 def print_table(result: dict) -> None:
@@ -179,6 +255,23 @@ def print_table(result: dict) -> None:
         cells += [f"{row['ratio_single_b64_p50']:.2f}x (+{row['overhead_single_b64_p50_ms']:.3f} ms)",
                   f"{row['ingest_vectors_per_s']:,.0f}"]
         print("| " + " | ".join(cells) + " |")
+    print(f"\nrestart to ready: {result.get('restart_from_snapshots_s')} s from snapshots, "
+          f"{result.get('restart_rebuild_from_database_s')} s rebuilding every index from the database")
+    print("| kind | FAISS bytes/vector | service RSS growth bytes/vector | largest gallery in 24 GiB (80 %) |")
+    print("|---|---|---|---|")
+    for row in result["rows"]:
+        print(f"| {row['kind']} | {row['faiss_bytes_per_vector']:.0f} | {row['service_rss_bytes_per_vector']:.0f} | "
+              f"{row['largest_gallery_24gib']:,} |")
+    print("\nsingle queries, base64: QPS with 1 and 2 connections; the upgrade path (v2 query, Procrustes)")
+    print("| kind | svc 1 conn p50 / QPS | svc 2 conn p50 / QPS | transformed p50 ms | transform alone µs | "
+          "mixed gallery p50 ms |")
+    print("|---|---|---|---|---|---|")
+    for row in result["rows"]:
+        one, two = row["service_single_b64"], row["service_single_b64_2conn"]
+        up = (f"{row['service_single_b64_transformed']['p50_ms']:.3f} | {row['transform_only_us']:.0f} | "
+              f"{row['service_single_b64_mixed']['p50_ms']:.3f}") if "transform_only_us" in row else "– | – | –"
+        print(f"| {row['kind']} | {one['p50_ms']:.3f} / {one['qps']:.0f} | {two['p50_ms']:.3f} / {two['qps']:.0f} | "
+              f"{up} |")
 
 
 def main() -> None:
@@ -192,6 +285,8 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--no-upgrade", dest="upgrade", action="store_false",
+                        help="skip the transformation and mixed-gallery measurements")
     args = parser.parse_args()
 
     x, source = gallery_vectors(args.n, args.dim)
@@ -200,12 +295,17 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "faiss": faiss.__version__}, "rows": []}
     data_dir = Path(tempfile.mkdtemp(prefix="nobackfill-bench-"))
+    args.data_dir = data_dir
     service = Service(data_dir, args.threads)
     try:
         with httpx.Client(base_url=service.url, timeout=300) as client:
             client.post("/v1/models", json={"name": "bench-model", "dim": args.dim}).raise_for_status()
             for kind in args.kinds.split(","):
-                result["rows"].append(run_kind(kind, x, queries, args, client))
+                result["rows"].append(run_kind(kind, x, queries, args, client, service))
+        service.stop()  # clean stop: writes index snapshots
+        result["restart_from_snapshots_s"] = round(Service(data_dir, args.threads).stop_after_ready(), 2)
+        shutil.rmtree(data_dir / "indexes")
+        result["restart_rebuild_from_database_s"] = round(Service(data_dir, args.threads).stop_after_ready(), 2)
     finally:
         service.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -11,6 +11,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
+def wait_for_job(client: httpx.Client, job_id: int, timeout: float = 3_600, interval: float = 0.1) -> dict:
+    """Poll GET /v1/jobs/{id} until the job ends; its final JSON (for scripts, benchmarks, tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+        if job["state"] in TERMINAL:
+            return job
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s: {job['message']}")
+        time.sleep(interval)
+
+
 def watch(url: str, job_id: int, api_key: str | None, interval: float, console: Console | None = None) -> int:
     console = console or Console()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

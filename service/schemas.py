@@ -188,6 +188,11 @@ class PairsOut(BaseModel):
     pairs: dict[str, int]
 
 
+class UpgradeCreate(_Strict):
+    old_model: str
+    new_model: str = Field(description="A later version of old_model's lineage (e.g. v3 for v1).")
+
+
 class TrainRequest(_Strict):
     method: str = Field("auto", description="auto, or one method: procrustes, affine, lambda_orth, oca, bt2.")
     params: dict[str, Any] = Field(default_factory=dict, description="Method parameters (see docs/adapters.md).")

@@ -53,6 +53,22 @@ class Upgrades:
             raise NotFound(f"unknown upgrade {upgrade_id}", "upgrade_id")
         return found
 
+    def create_direct(self, old_name: str, new_name: str) -> UpgradeRecord:
+        """An extra upgrade that skips versions (v1 -> v3); routing uses it where it measures better
+        than the chain of successor upgrades."""
+        old = self.registry.model(old_name, field="old_model")
+        new = self.registry.model(new_name, field="new_model")
+        ancestors, cursor = set(), new
+        while cursor.successor_of_id is not None:
+            ancestors.add(cursor.successor_of_id)
+            cursor = self.registry.model_by_id(cursor.successor_of_id)
+        if old.id not in ancestors:
+            raise Invalid(f"{new.name!r} is not a later version of {old.name!r} in one lineage", "new_model")
+        created = self.store.create_upgrade(old.id, new.id)
+        if created is None:
+            raise Conflict(f"an upgrade {old.name!r} -> {new.name!r} already exists", "new_model")
+        return created
+
     # ---- pairs --------------------------------------------------------------------------------
     def add_pairs(
         self, upgrade: UpgradeRecord, keys: list[str] | None, old: np.ndarray, new: np.ndarray,

@@ -166,6 +166,29 @@ def test_three_version_chain_composes_transformations(client) -> None:
     # a v1 client reaches v2 items through the forward direction of the first upgrade
     routes_v1 = {s["model"]: s.get("route") for s in service_ranking(client, coll, v1, OLD[:4], 3)["searched"]}
     assert routes_v1 == {v1: None, v2: [v1, v2]}
+    # a direct v1 -> v3 transformation: used for v3 -> v1 only if it measured better than the chain
+    r = client.post("/v1/upgrades", json={"old_model": v1, "new_model": v3})
+    assert r.status_code == 201, r.text
+    uid13 = r.json()["id"]
+    assert client.post("/v1/upgrades", json={"old_model": v1, "new_model": v3}).status_code == 409
+    assert client.post("/v1/upgrades", json={"old_model": v3, "new_model": v1}).status_code == 422
+    assert upload_pairs(client, uid13, IDS, OLD, v3_vectors).status_code == 200
+    direct = train(client, uid13)["result"]["transformation_id"]
+    client.post(f"/v1/upgrades/{uid13}/activate", json={"force": True})
+    ups = {u["id"]: u for u in client.get("/v1/upgrades").json()}
+
+    def kept(uid: int) -> float:
+        rows = next(t for t in ups[uid]["transformations"] if t["active"])["evaluation"]["rows"]
+        return rows["new/old"]["mAP@R"] / rows["new/new"]["mAP@R"]
+
+    chain_quality = kept(uid23) * kept(uid12)
+    out = service_ranking(client, coll, v3, v3_vectors[QUERIES[:5]], 5)
+    route_v1 = next(s for s in out["searched"] if s["model"] == v1)
+    expected = [direct] if kept(uid13) > chain_quality else None
+    if expected:
+        assert route_v1["route"] == [v3, v1] and route_v1["transformations"] == expected
+    else:
+        assert route_v1["route"] == [v3, v2, v1]
 
 
 def test_query_model_without_a_path_is_409_until_activation(client) -> None:

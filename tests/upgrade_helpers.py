@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from service.job_watch import wait_for_job
 from tests.helpers import b64, make_collection, make_model, upsert
 
 DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"
@@ -24,13 +24,7 @@ def upgrade_id(client: httpx.Client, new_model: str) -> int:
 
 
 def wait_job(client: httpx.Client, job_id: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} still {job['state']}: {job['message']}")
+    return wait_for_job(client, job_id, timeout=timeout, interval=0.05)
 
 
 def upload_pairs(client: httpx.Client, uid: int, ids: list[str], old: np.ndarray, new: np.ndarray,

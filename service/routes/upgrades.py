@@ -17,6 +17,7 @@ from service.schemas import (
     PairsUpload,
     TrainRequest,
     TransformationOut,
+    UpgradeCreate,
     UpgradeOut,
 )
 from service.settings import Settings
@@ -52,6 +53,14 @@ def upgrade_out(upgrade: UpgradeRecord, upgrades: Upgrades, registry: Registry) 
 @router.get("", response_model=list[UpgradeOut], dependencies=[Depends(require_reader)])
 def list_upgrades(upgrades: Upgrades = Depends(deps.upgrades), registry: Registry = Depends(deps.registry)):
     return [upgrade_out(u, upgrades, registry) for u in upgrades.store.list_upgrades()]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=UpgradeOut,
+             dependencies=[Depends(require_admin)])
+def create_upgrade(body: UpgradeCreate, upgrades: Upgrades = Depends(deps.upgrades),
+                   registry: Registry = Depends(deps.registry)) -> UpgradeOut:
+    """A direct upgrade that skips versions (successor upgrades are created with the model)."""
+    return upgrade_out(upgrades.create_direct(body.old_model, body.new_model), upgrades, registry)
 
 
 @router.get("/{upgrade_id}", response_model=UpgradeOut, dependencies=[Depends(require_reader)])

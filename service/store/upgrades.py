@@ -64,6 +64,17 @@ class UpgradeStore:
         with self._sessions() as s:
             return [_upgrade(r) for r in s.scalars(select(Upgrade).order_by(Upgrade.id))]
 
+    def create_upgrade(self, old_model_id: int, new_model_id: int) -> UpgradeRecord | None:
+        """A direct upgrade between two versions (e.g. v1 -> v3 beside v1 -> v2 -> v3); None if it exists."""
+        with self._sessions.begin() as s:
+            if s.scalar(select(Upgrade.id).where(Upgrade.old_model_id == old_model_id,
+                                                 Upgrade.new_model_id == new_model_id)) is not None:
+                return None
+            row = Upgrade(old_model_id=old_model_id, new_model_id=new_model_id, revision=0)
+            s.add(row)
+            s.flush()
+            return _upgrade(row)
+
     def get_upgrade(self, upgrade_id: int) -> UpgradeRecord | None:
         with self._sessions() as s:
             row = s.get(Upgrade, upgrade_id)
