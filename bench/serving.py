@@ -11,8 +11,13 @@ What it does, per index kind:
    threads) and batches of 32;
 3. starts the real service (`nobackfill serve`, a separate process, SQLite + FAISS under a temp
    dir), ingests the same vectors over HTTP (base64, durable upserts) and times the same queries
-   end to end over a keep-alive HTTP connection: JSON lists and base64, single and batch of 32.
-Prints a table and writes JSON to bench/results/serving.json. Ratios compare numbers from this
+   end to end over a keep-alive HTTP connection: JSON lists and base64, single and batch of 32,
+   and single queries over two concurrent connections (QPS);
+4. (unless --no-upgrade) registers a successor model (the gallery's space rotated, plus noise),
+   trains a Procrustes map through the API and times v2 queries through the transformation, the
+   transformation alone in process, and a mixed gallery with half the items re-embedded;
+5. measures memory per vector and the restart time from snapshots and from the database alone.
+Prints a table and writes JSON to bench/results/serving_<n>_<dim>.json. Ratios compare numbers from this
 run only.
 """
 
@@ -91,7 +96,15 @@ def timed(fn, calls: list, per_call_queries: int, warmup: int = 20) -> Timing:
     return Timing(float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(calls) * per_call_queries / total)
 
 
-# ---- raw FAISS --------------------------------------------------------------------------------
+# ---- raw FAISS ---------------------------------------------------------------------------------
+IVF_POINTS_PER_LIST = 64  # training points per inverted list, the same for raw FAISS and the service
+
+
+def ivf_nlist(n: int) -> int:
+    """The same list count for the raw index and the service's collection (compare like with like)."""
+    return int(4 * np.sqrt(n))
+
+
 def raw_index(kind: str, x: np.ndarray, ef_search: int, nprobe: int) -> faiss.Index:
     dim = x.shape[1]
     if kind == "flat":
@@ -103,11 +116,11 @@ def raw_index(kind: str, x: np.ndarray, ef_search: int, nprobe: int) -> faiss.In
         index.add(x)
         index.hnsw.efSearch = ef_search
     else:
-        nlist = int(4 * np.sqrt(len(x)))
+        nlist = ivf_nlist(len(x))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        index.train(x[rng.choice(len(x), min(len(x), 256 * nlist), replace=False)])
+        index.train(x[rng.choice(len(x), min(len(x), IVF_POINTS_PER_LIST * nlist), replace=False)])
         index.add(x)
         index.nprobe = nprobe
         index.own_fields = True  # the index now frees the quantizer; Python must not
@@ -144,7 +157,7 @@ def run_kind(kind: str, x: np.ndarray, queries: np.ndarray, args, client: httpx.
 
     name = f"bench-{kind}"
     spec = {"kind": kind, "hnsw_ef_search": args.ef_search, "ivf_nprobe": args.nprobe,
-            "ivf_train_min": min(10_000, len(x))}
+            "ivf_nlist": ivf_nlist(len(x)), "ivf_train_min": min(len(x), IVF_POINTS_PER_LIST * ivf_nlist(len(x)))}
     client.post("/v1/collections", json={"name": name, "model": "bench-model", "index": spec}).raise_for_status()
     rss_before = service.rss_bytes()
     row["ingest_vectors_per_s"] = round(ingest(client, name, x), 1)
@@ -284,11 +297,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads in the service")
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/serving_<n>_<dim>.json")
     parser.add_argument("--no-upgrade", dest="upgrade", action="store_false",
                         help="skip the transformation and mixed-gallery measurements")
     args = parser.parse_args()
 
+    if args.out is None:
+        size = f"{args.n // 1_000_000}m" if args.n % 1_000_000 == 0 else f"{args.n // 1000}k"
+        args.out = RESULTS / f"serving_{size}_{args.dim}.json"
     x, source = gallery_vectors(args.n, args.dim)
     queries = query_vectors(x, args.queries)
     result = {"n": args.n, "dim": args.dim, "k": args.k, "data": source, "service_threads": args.threads,

@@ -34,7 +34,7 @@ WORDNET = ROOT.parent / "shared" / "data" / "wordnet-20k"
 CACHE = ROOT / "bench" / ".cache"
 
 
-def load_encoder(name: str):  # noqa: ANN201 - a SentenceTransformer
+def load_encoder(name: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer

@@ -19,6 +19,7 @@ import numpy as np
 from index import IndexBackend, IndexSpec, PartitionKey
 from index.backend import PartitionWrite
 from service.errors import Conflict, Invalid, NotFound, Unavailable
+from service.hit_cache import HitCache
 from service.index_sync import partition_key, reconcile_collection
 from service.registry import Registry
 from service.routing import Route, Router
@@ -49,11 +50,13 @@ class QueryOutcome:
 
 
 class Gallery:
-    def __init__(self, store: Store, registry: Registry, backend: IndexBackend, router: Router) -> None:
+    def __init__(self, store: Store, registry: Registry, backend: IndexBackend, router: Router,
+                 hit_cache_items: int = 0) -> None:
         self.store = store
         self.registry = registry
         self.backend = backend
         self.router = router
+        self.hits = HitCache(hit_cache_items)
         self.ready = threading.Event()
         self._write_locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -105,6 +108,7 @@ class Gallery:
             write = writes.setdefault(target.model, PartitionWrite())
             write.add_ids, write.add_vectors = outcome.ids, vectors
             self._mirror(collection, writes, outcome.tag)
+            self.hits.invalidate(collection.id, outcome.ids)  # payloads may have changed
         return outcome
 
     def delete(self, collection: CollectionRecord, key: str) -> None:
@@ -117,6 +121,7 @@ class Gallery:
             pkey = partition_key(collection.id, model_id)
             writes = {pkey.model: PartitionWrite(remove=np.array([row_id], dtype=np.int64))}
             self._mirror(collection, writes if self.backend.has_partition(pkey) else {}, tag)
+            self.hits.invalidate(collection.id, [row_id])
 
     def retire(self, collection: CollectionRecord, model: ModelRecord) -> None:
         """Refuse while items remain in `model`; else mark it retired and drop its empty partition."""
@@ -206,9 +211,9 @@ class Gallery:
                 result.scores = route.score_map(result.scores)
         merged = _merge(results, k)
         wanted = sorted({item_id for row in merged for _, item_id, _ in row})
-        records = self.store.hits_by_id(collection.id, wanted, include_payload) if wanted else {}
+        records = self.hits.resolve(collection.id, wanted, lambda ids: self.store.hits_by_id(collection.id, ids))
         for qi, row in enumerate(merged):
-            outcome.hits[qi] = _resolve(row, records, k)
+            outcome.hits[qi] = _resolve(row, records, k, include_payload)
         return outcome
 
 
@@ -229,7 +234,8 @@ def _merge(results: dict, k: int) -> list[list[tuple[float, int, str]]]:
     return merged
 
 
-def _resolve(row: list[tuple[float, int, str]], records: dict[int, HitRecord], k: int) -> list[ScoredHit]:
+def _resolve(row: list[tuple[float, int, str]], records: dict[int, HitRecord], k: int,
+             include_payload: bool) -> list[ScoredHit]:
     """Turn (score, id) pairs into hits, dropping items deleted since the search and duplicates."""
     hits: list[ScoredHit] = []
     seen: set[str] = set()
@@ -238,7 +244,7 @@ def _resolve(row: list[tuple[float, int, str]], records: dict[int, HitRecord], k
         if rec is None or rec.key in seen:
             continue
         seen.add(rec.key)
-        hits.append(ScoredHit(rec.key, score, int(partition[1:]), rec.payload))
+        hits.append(ScoredHit(rec.key, score, int(partition[1:]), rec.payload if include_payload else None))
         if len(hits) == k:
             break
     return hits

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         description="Searches estimated below this many multiply-adds run on the event loop, larger ones "
         "in the thread pool (0 = always the thread pool).",
     )
+    hit_cache_items: int = Field(
+        200_000, ge=0, description="Item records (key, payload) cached for query results (0 = always ask the database)."
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_batch_items: int = Field(10_000, ge=1, description="Largest upsert batch (items per request).")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -186,9 +187,12 @@ class Upgrades:
         return updated
 
     def discard_partial_files(self) -> None:
-        """Remove bundles a crash left half-written (they were never referenced from the database)."""
+        """Remove bundles a crash left half-written (never referenced from the database). Only old
+        ones: a separate worker may be writing one right now."""
+        cutoff = time.time() - self.settings.job_stale_seconds
         for partial in self.root.glob("u*/*.partial"):
-            shutil.rmtree(partial, ignore_errors=True)
+            if partial.stat().st_mtime < cutoff:
+                shutil.rmtree(partial, ignore_errors=True)
 
 
 def _fmt(value: float | None) -> str:

@@ -283,3 +283,13 @@ def test_health_and_openapi(client) -> None:
     schemas = spec["components"]["schemas"]
     assert {"QueryRequest", "UpsertRequest", "ItemIn"} <= set(schemas)
     assert "k" in schemas["QueryRequest"]["properties"]
+
+
+def test_cached_hits_follow_payload_updates_and_deletes(client, gallery) -> None:
+    m, c, x = gallery
+    body = {"model": m, "vector": x[5].tolist(), "k": 1}
+    assert client.post(f"/v1/collections/{c}/query", json=body).json()["hits"][0]["payload"] == {"i": 5}  # cached now
+    assert upsert(client, c, m, ["item-5"], x[5:6], [{"i": "changed"}]).status_code == 200
+    assert client.post(f"/v1/collections/{c}/query", json=body).json()["hits"][0]["payload"] == {"i": "changed"}
+    assert client.delete(f"/v1/collections/{c}/items/item-5").status_code == 204
+    assert client.post(f"/v1/collections/{c}/query", json=body).json()["hits"][0]["id"] != "item-5"

@@ -119,7 +119,8 @@ def heatmap(names: Sequence[str], matrix: Sequence[Sequence[float | None]]) -> M
     return Markup("".join(parts))
 
 
-def sparkline(series: Sequence[dict], key: str, width: int = 560, height: int = 120, color: str = "#34508f") -> Markup:
+def sparkline(series: Sequence[dict], key: str, width: int = 560, height: int = 120, color: str = "#34508f",
+              label: str = "") -> Markup:
     """One line of a per-bucket series (e.g. p99 latency), gaps where a bucket had no requests."""
     vals = [s[key] for s in series]
     known = [v for v in vals if v is not None]
@@ -140,6 +141,11 @@ def sparkline(series: Sequence[dict], key: str, width: int = 560, height: int = 
         segments.append(current)
     lines = "".join(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(s)}"/>'
                     for s in segments)
+    dots = "".join(f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="{color}"/>'
+                   for s in segments for p in s)  # single-bucket segments are visible too
     return Markup(f'<svg class="spark" width="{width}" height="{height}" role="img" aria-label="{escape(key)}">'
                   f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#bbb"/>'
-                  f'<text x="2" y="{pad - 6}" font-size="11">{hi:.2f} ms</text>{lines}</svg>')
+                  f'<text x="2" y="{pad - 6}" font-size="11">{escape(label)} max {hi:.2f} ms</text>'
+                  f'<text x="{pad}" y="{height - 6}" font-size="10">older</text>'
+                  f'<text x="{width - pad}" y="{height - 6}" font-size="10" text-anchor="end">now</text>'
+                  f'{lines}{dots}</svg>')
