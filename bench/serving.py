@@ -100,9 +100,12 @@ def timed(fn, calls: list, per_call_queries: int, warmup: int = 20) -> Timing:
 IVF_POINTS_PER_LIST = 64  # training points per inverted list, the same for raw FAISS and the service
 
 
+IVF_NLIST_OVERRIDE: int | None = None  # --ivf-nlist
+
+
 def ivf_nlist(n: int) -> int:
     """The same list count for the raw index and the service's collection (compare like with like)."""
-    return int(4 * np.sqrt(n))
+    return IVF_NLIST_OVERRIDE or int(4 * np.sqrt(n))
 
 
 def raw_index(kind: str, x: np.ndarray, ef_search: int, nprobe: int) -> faiss.Index:
@@ -297,11 +300,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads in the service")
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--ivf-nlist", type=int, default=None, help="IVF lists (default 4·sqrt(n))")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/serving_<n>_<dim>.json")
     parser.add_argument("--no-upgrade", dest="upgrade", action="store_false",
                         help="skip the transformation and mixed-gallery measurements")
     args = parser.parse_args()
 
+    global IVF_NLIST_OVERRIDE
+    IVF_NLIST_OVERRIDE = args.ivf_nlist
     if args.out is None:
         size = f"{args.n // 1_000_000}m" if args.n % 1_000_000 == 0 else f"{args.n // 1000}k"
         args.out = RESULTS / f"serving_{size}_{args.dim}.json"

@@ -12,7 +12,9 @@ so a crash leaves either the old or the new snapshot, never a torn one.
 from __future__ import annotations
 
 import os
+import logging
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from index.backend import IndexBackend, IndexSpec, Metric, PartitionKey, Partiti
 from index.faiss_partition import FaissPartition
 from index.gpu import Device, GpuReplicator, resolve_device
 from index.rwlock import ReadWriteLock
+
+log = logging.getLogger(__name__)
 
 
 class FaissBackend(IndexBackend):
@@ -38,6 +42,7 @@ class FaissBackend(IndexBackend):
         self._locks: dict[str, ReadWriteLock] = {}
         self._tags: dict[str, int] = {}
         self._registry_lock = threading.Lock()
+        self._rebuilding: set[PartitionKey] = set()
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def _apply_threads(self) -> None:
@@ -78,7 +83,7 @@ class FaissBackend(IndexBackend):
                 if (existing.dim, existing.metric, existing.spec) != (dim, metric, spec):
                     raise ValueError(f"partition {key} exists with another configuration")
                 return
-            self._partitions[key] = FaissPartition(dim, metric, spec)
+            self._partitions[key] = FaissPartition(dim, metric, spec, auto_rebuild=False)
 
     def drop_partition(self, key: PartitionKey) -> None:
         with self._lock(key.collection).write():
@@ -121,6 +126,57 @@ class FaissBackend(IndexBackend):
                 self._gpu_replicas.pop(keys[model], None)
             if tag is not None:
                 self._tags[collection] = tag
+            due = [keys[m] for m, part in parts.items() if part.rebuild_due]
+        for key in due:
+            self._start_rebuild(key)
+
+    # ---- rebuilds beside the live index --------------------------------------------------------
+    def _start_rebuild(self, key: PartitionKey) -> None:
+        with self._registry_lock:
+            if key in self._rebuilding:
+                return
+            self._rebuilding.add(key)
+        threading.Thread(target=self._rebuild, args=(key,), name=f"rebuild-{key.collection}-{key.model}",
+                         daemon=True).start()
+
+    def _rebuild(self, key: PartitionKey) -> None:
+        """IVF training / HNSW compaction without blocking searches or writes (faiss_partition.py)."""
+        self._apply_threads()
+        lock = self._lock(key.collection)
+        part = None
+        try:
+            with lock.read():  # no writer in between: the copy and the start of the log agree
+                part = self._partitions.get(key)
+                if part is None or not part.rebuild_due:
+                    return
+                ids, vecs = part.start_rebuild()
+            started = time.perf_counter()
+            fresh = part.rebuilt(ids, vecs)
+            with lock.write():
+                if self._partitions.get(key) is part:
+                    self._partitions[key] = part.finish_rebuild(fresh)
+                    self._gpu_replicas.pop(key, None)
+                    log.info("partition %s/%s rebuilt beside the live index in %.1f s (%d vectors)",
+                             key.collection, key.model, time.perf_counter() - started, len(ids))
+                else:  # dropped or restored meanwhile
+                    part.abandon_rebuild()
+        except Exception:
+            log.exception("rebuild of %s/%s failed; the current index keeps serving", key.collection, key.model)
+            if part is not None:
+                part.abandon_rebuild()
+        finally:
+            with self._registry_lock:
+                self._rebuilding.discard(key)
+
+    def wait_for_rebuilds(self, timeout: float = 60.0) -> bool:
+        """Block until no rebuild runs (tests, benchmarks, clean shutdown); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._registry_lock:
+                if not self._rebuilding:
+                    return True
+            time.sleep(0.01)
+        return False
 
     def tag(self, collection: str) -> int:
         return self._tags.get(collection, 0)
@@ -170,9 +226,12 @@ class FaissBackend(IndexBackend):
             part, tag = FaissPartition.from_bytes(path.read_bytes(), dim, metric, spec)
         except Exception:  # corrupt or foreign snapshot: the caller rebuilds from the store
             return None
+        part.auto_rebuild = False
         with self._lock(key.collection).write():
             self._partitions[key] = part
             self._gpu_replicas.pop(key, None)
+        if part.check_rebuild():
+            self._start_rebuild(key)
         return tag
 
 

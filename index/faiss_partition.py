@@ -11,6 +11,13 @@ the same id with a new vector, search, list ids):
   points is worse than exhaustive search), then trained once on the vectors present.
 Cosine similarity is inner product on L2-normalised vectors; l2 scores are negated squared
 distances, so every metric is higher-is-better.
+
+Rebuilds (IVF training, HNSW compaction) take seconds to minutes on large partitions. Used on its
+own a partition rebuilds inline (`auto_rebuild=True`); the backend instead sets `rebuild_due` and
+rebuilds *beside* the live index: `start_rebuild` (under the collection's read lock) copies the
+live vectors and starts logging every later write, `rebuilt` builds the new index with no lock
+held while searches and writes go on against the old one, and `finish_rebuild` (under the write
+lock, a short moment) replays the logged writes into the new index and hands it over.
 """
 
 from __future__ import annotations
@@ -42,12 +49,15 @@ def prepare_vectors(vectors: np.ndarray, metric: Metric) -> np.ndarray:
 
 
 class FaissPartition:
-    def __init__(self, dim: int, metric: Metric, spec: IndexSpec) -> None:
+    def __init__(self, dim: int, metric: Metric, spec: IndexSpec, auto_rebuild: bool = True) -> None:
         if dim < 1:
             raise ValueError("dim must be >= 1")
         self.dim = dim
         self.metric: Metric = metric
         self.spec = spec
+        self.auto_rebuild = auto_rebuild
+        self.rebuild_due = False
+        self._log: list[tuple[str, np.ndarray, np.ndarray | None]] | None = None
         # HNSW bookkeeping (unused by the other kinds)
         self.slot_ids = np.empty(0, dtype=np.int64)
         self.slot_live = np.empty(0, dtype=bool)
@@ -143,6 +153,8 @@ class FaissPartition:
         if len(ids) == 0:
             return
         vecs = prepare_vectors(vectors, self.metric)
+        if self._log is not None:
+            self._log.append(("add", ids.copy(), vecs.copy()))
         if vecs.shape != (len(ids), self.dim):
             raise ValueError(f"vectors must have shape ({len(ids)}, {self.dim}), got {vecs.shape}")
         if self.is_hnsw:
@@ -157,13 +169,15 @@ class FaissPartition:
             return
         self.index.add_with_ids(vecs, ids)
         if self.spec.kind == "ivf" and not self.is_trained_ivf and self.index.ntotal >= self.spec.ivf_train_min:
-            self._train_ivf()
+            self._rebuild_needed()
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove ids (absent ones are ignored)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return
+        if self._log is not None:
+            self._log.append(("remove", ids.copy(), None))
         if not self.is_hnsw:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
             return
@@ -173,26 +187,79 @@ class FaissPartition:
             self._bitmap = None
         dead = len(self.slot_live) - len(self._slot_of)
         if dead > max(_DEAD_COMPACT_MIN, _DEAD_COMPACT_FRACTION * len(self.slot_live)):
-            self.compact()
+            self._rebuild_needed()
+
+    # ---- rebuilds (IVF training, HNSW compaction) ---------------------------------------------
+    def _rebuild_needed(self) -> None:
+        if self.auto_rebuild:
+            self.rebuild_now()
+        else:
+            self.rebuild_due = True
+
+    def check_rebuild(self) -> bool:
+        """Set `rebuild_due` if the partition needs one now (e.g. after loading a snapshot)."""
+        if self.spec.kind == "ivf" and not self.is_trained_ivf and self.index.ntotal >= self.spec.ivf_train_min:
+            self.rebuild_due = True
+        elif self.is_hnsw:
+            dead = len(self.slot_live) - len(self._slot_of)
+            self.rebuild_due = dead > max(_DEAD_COMPACT_MIN, _DEAD_COMPACT_FRACTION * len(self.slot_live))
+        return self.rebuild_due
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the live entries (vectors as stored: normalised for cosine)."""
+        if self.is_hnsw:
+            live = np.flatnonzero(self.slot_live)
+            if not len(live):
+                return np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
+            return self.slot_ids[live].copy(), self.index.reconstruct_n(0, self.index.ntotal)[live]
+        if self.is_trained_ivf:
+            ids = self.live_ids()
+            return ids, np.vstack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else \
+                np.empty((0, self.dim), np.float32)
+        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return ids, self.index.index.reconstruct_n(0, self.index.ntotal)
+
+    def rebuilt(self, ids: np.ndarray, vecs: np.ndarray) -> FaissPartition:
+        """A new partition holding (ids, vecs): IVF trained on them, or a fresh HNSW graph."""
+        fresh = FaissPartition(self.dim, self.metric, self.spec, auto_rebuild=self.auto_rebuild)
+        if self.spec.kind == "ivf" and len(ids):
+            fresh._train_ivf(ids, vecs)
+        else:
+            fresh.add(ids, vecs)
+        return fresh
+
+    def start_rebuild(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copy the live vectors and log every later write (caller excludes writers meanwhile)."""
+        self._log = []
+        return self.live_vectors()
+
+    def finish_rebuild(self, fresh: FaissPartition) -> FaissPartition:
+        """Replay the writes made since `start_rebuild` into `fresh` and return it (caller swaps it in
+        while excluding readers and writers)."""
+        log, self._log = self._log or [], None
+        for op, ids, vecs in log:
+            if op == "add":
+                fresh.add(ids, vecs)
+            else:
+                fresh.remove(ids)
+        self.rebuild_due = False
+        return fresh
+
+    def abandon_rebuild(self) -> None:
+        self._log = None
+
+    def rebuild_now(self) -> None:
+        """Rebuild inline (a partition used on its own): adopt the rebuilt index's state."""
+        fresh = self.rebuilt(*self.live_vectors())
+        self.index, self.slot_ids, self.slot_live = fresh.index, fresh.slot_ids, fresh.slot_live
+        self._slot_of, self._bitmap, self.rebuild_due = fresh._slot_of, None, False
 
     def compact(self) -> None:
         """Rebuild the HNSW graph from its live vectors only."""
-        if not self.is_hnsw:
-            return
-        live = np.flatnonzero(self.slot_live)
-        vecs = self.index.reconstruct_n(0, self.index.ntotal)[live] if len(live) else None
-        ids = self.slot_ids[live]
-        self.index = self._new_index()
-        self.slot_ids = np.empty(0, dtype=np.int64)
-        self.slot_live = np.empty(0, dtype=bool)
-        self._slot_of = {}
-        self._bitmap = None
-        if vecs is not None:
-            self.add(ids, vecs)
+        if self.is_hnsw:
+            self.rebuild_now()
 
-    def _train_ivf(self) -> None:
-        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        vecs = self.index.index.reconstruct_n(0, self.index.ntotal)
+    def _train_ivf(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         nlist = self.spec.ivf_nlist or max(1, int(4 * math.sqrt(len(ids))))
         nlist = min(nlist, max(1, len(ids) // 39))  # FAISS wants >= 39 training points per list
         quantizer = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
@@ -202,7 +269,7 @@ class FaissPartition:
         rng = np.random.default_rng(0)
         sample = vecs if len(vecs) <= 256 * nlist else vecs[rng.choice(len(vecs), 256 * nlist, replace=False)]
         ivf.train(np.ascontiguousarray(sample))
-        ivf.add_with_ids(vecs, ids)
+        ivf.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
         self.index = ivf
 
     # ---- persistence --------------------------------------------------------------------------

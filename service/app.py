@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index import FaissBackend
+from service.auth import require_reader
 from service.backfill import Backfill
 from service.body_limit import BodyLimitMiddleware
 from service.compat_matrix import CompatibilityMatrix
@@ -154,8 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard_views.router)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard_views.HERE / "static"), name="dashboard-static")
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_reader)])
     def prometheus_metrics() -> Response:
+        """Prometheus exposition; behind the read key when reads require one (names are data too)."""
         return Response(app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     install_openapi(app, [UpsertRequest, QueryRequest, PairsUpload])

@@ -179,6 +179,8 @@ def test_closed_deployment_sends_anonymous_visitors_to_login(start_server, tmp_p
         r = c.get("/dashboard")
         assert r.status_code == 303 and r.headers["location"] == "/dashboard/login"
         assert c.get("/dashboard/login").status_code == 200
+        assert c.get("/metrics").status_code == 401, "metrics name collections: behind the read key"
+        assert c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
 def test_static_assets_are_vendored() -> None:

@@ -204,3 +204,48 @@ def test_thread_count_applies_in_every_searching_thread() -> None:
     t.start()
     t.join()
     assert seen["threads"] == 1
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_backend_rebuilds_beside_the_live_index(kind: str, monkeypatch) -> None:
+    """IVF training / HNSW compaction run in the background: searches and writes go on meanwhile,
+    and writes made during the rebuild are in the new index."""
+    import threading
+
+    from index import FaissBackend, PartitionKey
+    from index.backend import PartitionWrite
+    from index.faiss_partition import FaissPartition
+
+    release, entered = threading.Event(), threading.Event()
+    original = FaissPartition.rebuilt
+
+    def slow_rebuilt(self, ids, vecs):  # noqa: ANN001
+        entered.set()
+        assert release.wait(30)
+        return original(self, ids, vecs)
+
+    monkeypatch.setattr(FaissPartition, "rebuilt", slow_rebuilt)
+    backend = FaissBackend()
+    key = PartitionKey("c1", "m1")
+    spec = IndexSpec(kind="ivf", ivf_train_min=1_000, ivf_nprobe=64) if kind == "ivf" else IndexSpec(kind="hnsw")
+    backend.ensure_partition(key, 8, "cosine", spec)
+    x = clustered(3_000, 8)
+    backend.apply("c1", {"m1": PartitionWrite(add_ids=np.arange(3_000), add_vectors=x)})
+    if kind == "hnsw":  # tombstones past a fifth of the graph
+        backend.apply("c1", {"m1": PartitionWrite(remove=np.arange(1_500))})
+    assert entered.wait(30), "a rebuild should have started"
+    # while it is being built: searches answer, writes land
+    assert backend.search("c1", {"m1": x[2_500:2_501]}, 1)["m1"].ids[0, 0] == 2_500
+    backend.apply("c1", {"m1": PartitionWrite(remove=np.array([2_999]),
+                                              add_ids=np.array([9_000]), add_vectors=x[2_999:3_000])})
+    release.set()
+    assert backend.wait_for_rebuilds(60)
+    part = backend._partitions[key]
+    if kind == "ivf":
+        assert part.is_trained_ivf
+    else:  # compacted: only the removal replayed from the log is a tombstone
+        assert (~part.slot_live).sum() == 1 and part.index.ntotal == 1_501
+    live = set(backend.live_ids(key).tolist())
+    assert 9_000 in live and 2_999 not in live
+    assert len(live) == (3_000 if kind == "ivf" else 1_500)
+    assert backend.search("c1", {"m1": x[2_999:3_000]}, 1)["m1"].ids[0, 0] == 9_000
