@@ -23,7 +23,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from adapters.base import Adapter, ProgressFn, check_pairs
-from adapters.calibration import ScoreMap, fit_score_map
+from adapters.calibration import ScoreMap, fit_distribution_map, fit_score_map, select_score_map
+from adapters.calibration import scores as calibration_scores
 from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, method_row
 from adapters.metrics import gap_closed
 from adapters.registry import create, load
@@ -108,6 +109,30 @@ def _ratio(a: float, b: float) -> float:
     return float(max(a, 1e-6) / max(b, 1e-6))
 
 
+def _relevance(test: EvalSet) -> np.ndarray:
+    """(n, n) relevance of held-out items to each other: same label, else consensus neighbours."""
+    n = len(test.old)
+    if test.labels is not None:
+        return test.labels[:, None] == test.labels[None, :]
+    relevant = np.zeros((n, n), dtype=bool)
+    rows, cols = np.nonzero(test.neighbours >= 0)
+    relevant[rows, test.neighbours[rows, cols]] = True
+    return relevant
+
+
+def _calibrate(routed_queries: np.ndarray, stored: np.ndarray, native_queries: np.ndarray,
+               native_stored: np.ndarray, metric_routed: str, metric_native: str,
+               relevant: np.ndarray) -> tuple[ScoreMap, dict[str, float]]:
+    """Fit both calibration candidates and keep the one that merges a mixed gallery best."""
+    args = (routed_queries, stored, native_queries, native_stored, metric_routed, metric_native)
+    candidates = [m for m in (fit_score_map(*args), fit_distribution_map(*args)) if m.calibrated]
+    if not candidates:
+        return ScoreMap(), {}
+    routed = calibration_scores(routed_queries, stored, metric_routed)
+    native = calibration_scores(native_queries, native_stored, metric_native)
+    return select_score_map(candidates, routed, native, relevant)
+
+
 def split_holdout(n: int, fraction: float, max_holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(fit, held-out) row indices: a random `fraction` of the pairs, at most `max_holdout`."""
     rng = np.random.default_rng(seed)
@@ -165,10 +190,12 @@ def build_bundle(
                            ReliabilityModel(np.zeros(x_old.shape[1], np.float32), 0.0))
 
     progress(0.9, "calibrating scores and fitting the backfill order")
-    bundle.new_old_scores = fit_score_map(bundle.new_to_old(test.new), test.old, test.new, test.new,
-                                          metric_old, metric_new)
-    bundle.old_new_scores = fit_score_map(bundle.old_to_new(test.old), test.new, test.old, test.old,
-                                          metric_new, metric_old)
+    relevant = _relevance(test)
+    selection: dict[str, dict[str, float]] = {}
+    bundle.new_old_scores, selection["new->old"] = _calibrate(
+        bundle.new_to_old(test.new), test.old, test.new, test.new, metric_old, metric_new, relevant)
+    bundle.old_new_scores, selection["old->new"] = _calibrate(
+        bundle.old_to_new(test.old), test.new, test.old, test.old, metric_new, metric_old, relevant)
     bundle.reliability = fit_reliability(x_old[fit], item_errors(bundle.old_to_new(x_old[fit]), x_new[fit]))
     held_errors = item_errors(bundle.old_to_new(test.old), test.new)
     rho = spearman(bundle.reliability.predict_error(test.old), held_errors)
@@ -190,7 +217,8 @@ def build_bundle(
         "fit_seconds": float(report.fit_seconds if report else 0.0),
         "curve": notes.get("selected_report", {}).get("curve") or (report.curve if report else []),
         "candidates": notes.get("candidates", {}),
-        "calibration": {"new->old": bundle.new_old_scores.as_dict(), "old->new": bundle.old_new_scores.as_dict()},
+        "calibration": {"new->old": bundle.new_old_scores.as_dict(), "old->new": bundle.old_new_scores.as_dict(),
+                        "selection_mAP@R": selection},
         "backfill_order_spearman": rho,
         "pairs": {"fit": len(fit), "holdout": len(hold), "labels": labels is not None},
     })

@@ -209,6 +209,30 @@ def neighbour_metrics(
     return RetrievalMetrics(top1 / counted, top5 / counted, ap_sum / counted, apr_sum / counted, counted)
 
 
+def map_at_r_from_scores(scores: np.ndarray, relevant: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> float:
+    """mAP@R of a precomputed (n, n) score matrix, leave-one-out (the diagonal is ignored), where
+    `relevant[i, j]` says whether gallery item j is relevant to query i."""
+    n = len(scores)
+    positions = np.arange(1, n + 1, dtype=np.float64)
+    total, counted = 0.0, 0
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        rows = np.arange(stop - start)
+        s = np.array(scores[start:stop], dtype=np.float64)
+        s[rows, np.arange(start, stop)] = -np.inf
+        rel_mask = np.array(relevant[start:stop], dtype=bool)
+        rel_mask[rows, np.arange(start, stop)] = False
+        order = np.argsort(-s, axis=1, kind="stable")
+        rel = np.take_along_axis(rel_mask, order, axis=1)
+        n_rel = rel.sum(axis=1)
+        valid = n_rel > 0
+        rel, n_rel = rel[valid], n_rel[valid]
+        p_hit = np.where(rel, np.cumsum(rel, axis=1) / positions, 0.0)
+        total += float((np.where(positions[None, :] <= n_rel[:, None], p_hit, 0.0).sum(axis=1) / n_rel).sum())
+        counted += int(valid.sum())
+    return total / counted if counted else float("nan")
+
+
 # ---- compatibility summaries ------------------------------------------------------------------
 def passes_ecc(cross: float, old_old: float) -> bool:
     """Empirical compatibility criterion: M(new->old) > M(old/old)."""

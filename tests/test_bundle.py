@@ -103,3 +103,30 @@ def test_routing_prefers_the_better_measured_path() -> None:
     assert [e.transformation_id for e in strong_direct.route(3, 1).edges] == [13]
     assert RoutingTable(chain).route(3, 3).native
     assert RoutingTable(_edges(1, 2, 0.9, 12)).route(3, 1) is None
+
+
+def test_map_at_r_from_scores_equals_the_vector_version() -> None:
+    from adapters.metrics import map_at_r_from_scores, retrieval_metrics
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(120, 8)).astype(np.float32)
+    labels = rng.integers(0, 6, 120)
+    s = normalize(x) @ normalize(x).T
+    got = map_at_r_from_scores(s, labels[:, None] == labels[None, :])
+    assert got == pytest.approx(retrieval_metrics(x, x, labels).mAP_at_R, abs=1e-9)
+
+
+def test_selection_prefers_the_map_that_merges_a_mixed_gallery_best() -> None:
+    from adapters.calibration import select_score_map
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(10), 30)
+    centres = rng.normal(size=(10, 16))
+    native_vecs = normalize(centres[labels] + 0.6 * rng.normal(size=(300, 16)))
+    native = native_vecs @ native_vecs.T
+    routed = 0.4 * native - 0.3  # the route's scores are squeezed and shifted: raw merges rank it last
+    relevant = labels[:, None] == labels[None, :]
+    good = ScoreMap(a=2.5, b=0.75, calibrated=True, kind="regression")
+    bad = ScoreMap(a=1.0, b=-1.0, calibrated=True, kind="distribution")
+    chosen, scores = select_score_map([bad, good], routed, native, relevant)
+    assert chosen is good and scores["regression"] > scores["identity"] and scores["regression"] > scores["distribution"]
