@@ -73,53 +73,21 @@ def scores(queries: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
     return -sq
 
 
-def fit_score_map(
+def _fit_line(
+    kind: str,
     routed_queries: np.ndarray,
     stored: np.ndarray,
     native_queries: np.ndarray,
     native_stored: np.ndarray,
     metric_routed: str,
     metric_native: str,
-    top_share: float = 0.05,
-    min_pairs: int = 200,
-    chunk: int = DEFAULT_CHUNK,
+    top_share: float,
+    min_pairs: int,
+    chunk: int,
 ) -> ScoreMap:
-    """Fit the map from routed scores (routed_queries vs stored) to native ones (native_queries vs
-    native_stored); row i of every array is the same held-out item."""
-    n = len(stored)
-    if n < min_pairs:
-        return ScoreMap(pairs=0)
-    top = max(2, min(n, round(n * top_share)))
-    xs, ys = [], []
-    for start in range(0, len(routed_queries), chunk):
-        s_r = scores(routed_queries[start : start + chunk], stored, metric_routed)
-        s_n = scores(native_queries[start : start + chunk], native_stored, metric_native)
-        idx = np.argpartition(-s_r, top - 1, axis=1)[:, :top]
-        xs.append(np.take_along_axis(s_r, idx, axis=1).ravel())
-        ys.append(np.take_along_axis(s_n, idx, axis=1).ravel())
-    x, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
-    if np.ptp(x) < 1e-9:
-        return ScoreMap(pairs=len(x))
-    a, b = np.polyfit(x, y, 1)
-    residual = y - (a * x + b)
-    r2 = 1.0 - float(residual.var() / max(y.var(), 1e-12))
-    if a <= 0:  # a decreasing map would invert the route's own ranking; keep raw scores instead
-        return ScoreMap(r2=0.0, pairs=len(x))
-    return ScoreMap(a=float(a), b=float(b), r2=r2, pairs=len(x), calibrated=True, kind="regression")
-
-
-def fit_distribution_map(
-    routed_queries: np.ndarray,
-    stored: np.ndarray,
-    native_queries: np.ndarray,
-    native_stored: np.ndarray,
-    metric_routed: str,
-    metric_native: str,
-    top_share: float = 0.05,
-    min_pairs: int = 200,
-    chunk: int = DEFAULT_CHUNK,
-) -> ScoreMap:
-    """Map each query's sorted top routed scores onto its sorted top native scores (least squares)."""
+    """Least-squares line native ~ a * routed + b over each held-out query's top routed scores:
+    paired with the same items' native scores ("regression"), or both sides sorted, against the
+    query's own top native scores ("distribution")."""
     n = len(stored)
     if n < min_pairs:
         return ScoreMap()
@@ -128,16 +96,42 @@ def fit_distribution_map(
     for start in range(0, len(routed_queries), chunk):
         s_r = scores(routed_queries[start : start + chunk], stored, metric_routed)
         s_n = scores(native_queries[start : start + chunk], native_stored, metric_native)
-        xs.append(np.sort(-np.partition(-s_r, top - 1, axis=1)[:, :top], axis=1).ravel())
-        ys.append(np.sort(-np.partition(-s_n, top - 1, axis=1)[:, :top], axis=1).ravel())
+        if kind == "regression":
+            idx = np.argpartition(-s_r, top - 1, axis=1)[:, :top]
+            xs.append(np.take_along_axis(s_r, idx, axis=1).ravel())
+            ys.append(np.take_along_axis(s_n, idx, axis=1).ravel())
+        else:
+            xs.append(np.sort(-np.partition(-s_r, top - 1, axis=1)[:, :top], axis=1).ravel())
+            ys.append(np.sort(-np.partition(-s_n, top - 1, axis=1)[:, :top], axis=1).ravel())
     x, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
     if np.ptp(x) < 1e-9:
         return ScoreMap(pairs=len(x))
     a, b = np.polyfit(x, y, 1)
-    if a <= 0:
-        return ScoreMap(pairs=len(x))
+    if a <= 0:  # a decreasing map would invert the route's own ranking; keep raw scores instead
+        return ScoreMap(r2=0.0, pairs=len(x))
     r2 = 1.0 - float((y - (a * x + b)).var() / max(y.var(), 1e-12))
-    return ScoreMap(a=float(a), b=float(b), r2=r2, pairs=len(x), calibrated=True, kind="distribution")
+    return ScoreMap(a=float(a), b=float(b), r2=r2, pairs=len(x), calibrated=True, kind=kind)
+
+
+def fit_score_map(
+    routed_queries: np.ndarray, stored: np.ndarray, native_queries: np.ndarray, native_stored: np.ndarray,
+    metric_routed: str, metric_native: str, top_share: float = 0.05, min_pairs: int = 200,
+    chunk: int = DEFAULT_CHUNK,
+) -> ScoreMap:
+    """Regression map from routed scores (routed_queries vs stored) to native ones (native_queries
+    vs native_stored); row i of every array is the same held-out item."""
+    return _fit_line("regression", routed_queries, stored, native_queries, native_stored, metric_routed,
+                     metric_native, top_share, min_pairs, chunk)
+
+
+def fit_distribution_map(
+    routed_queries: np.ndarray, stored: np.ndarray, native_queries: np.ndarray, native_stored: np.ndarray,
+    metric_routed: str, metric_native: str, top_share: float = 0.05, min_pairs: int = 200,
+    chunk: int = DEFAULT_CHUNK,
+) -> ScoreMap:
+    """Map each query's sorted top routed scores onto its sorted top native scores."""
+    return _fit_line("distribution", routed_queries, stored, native_queries, native_stored, metric_routed,
+                     metric_native, top_share, min_pairs, chunk)
 
 
 def select_score_map(

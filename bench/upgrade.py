@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from adapters.bundle import UpgradeBundle
+from adapters.bundle import UpgradeBundle, split_holdout
+from adapters.calibration import IDENTITY, fit_distribution_map, fit_score_map
 from adapters.metrics import normalize
 from bench.common import ROOT, Service, b64, wait_for_job
 from bench.compat import load_wordnet, stratified_half
@@ -66,17 +67,32 @@ def service_ranking(client: httpx.Client, model: str, vectors: np.ndarray, queri
 
 
 def offline_ranking(bundle: UpgradeBundle, old: np.ndarray, new: np.ndarray, in_new: np.ndarray,
-                    queries: np.ndarray, k: int, calibrate: bool) -> list[list[int]]:
-    """The service's merge replayed in numpy: v2 queries, gallery half in v1 and half in v2."""
-    q_new = normalize(new[queries])
-    q_old = normalize(bundle.new_to_old(new[queries]))
-    s_new = q_new @ normalize(new).T
-    s_old = q_old @ normalize(old).T
-    if calibrate:
-        s_old = bundle.new_old_scores(s_old)
-    scores = np.where(in_new[None, :], s_new, s_old)
+                    queries: np.ndarray, k: int, query_model: str, score_map) -> list[list[int]]:
+    """The service's merge replayed in numpy for v2 ("new") or v1 ("old") queries over a gallery
+    partly migrated (`in_new`), with a given map applied to the routed scores."""
+    if query_model == "new":
+        native = normalize(new[queries]) @ normalize(new).T
+        routed = normalize(bundle.new_to_old(new[queries])) @ normalize(old).T
+        scores = np.where(in_new[None, :], native, score_map(routed))
+    else:
+        native = normalize(old[queries]) @ normalize(old).T
+        routed = normalize(bundle.old_to_new(old[queries])) @ normalize(new).T
+        scores = np.where(in_new[None, :], score_map(routed), native)
     scores[np.arange(len(queries)), queries] = -np.inf
     return [list(row) for row in np.argsort(-scores, axis=1)[:, :k]]
+
+
+def calibration_candidates(bundle: UpgradeBundle, old: np.ndarray, new: np.ndarray, held: np.ndarray) -> dict:
+    """Both calibration candidates per direction, fitted on the pairs the service held out."""
+    out = {}
+    for direction, (rq, st, nq, ns) in {
+        "new": (bundle.new_to_old(new[held]), old[held], new[held], new[held]),
+        "old": (bundle.old_to_new(old[held]), new[held], old[held], old[held]),
+    }.items():
+        out[direction] = {"raw": IDENTITY,
+                          "regression": fit_score_map(rq, st, nq, ns, "cosine", "cosine"),
+                          "distribution": fit_distribution_map(rq, st, nq, ns, "cosine", "cosine")}
+    return out
 
 
 def main() -> None:
@@ -128,6 +144,9 @@ def main() -> None:
                                      "calibration": record["evaluation"]["calibration"]}
             bundle_dir = next((Path(tmp) / "transformations").glob(f"u{upgrade_id}/job*"))
             bundle = UpgradeBundle.load(bundle_dir)
+            _, held = split_holdout(len(train), 0.2, 5_000, args.seed)  # the pairs the service held out
+            candidates = calibration_candidates(bundle, old, new, train[held])
+            out["calibration_chosen"] = {"new": bundle.new_old_scores.kind, "old": bundle.old_new_scores.kind}
 
             in_new = np.zeros(len(labels), bool)
             for level in LEVELS:
@@ -143,9 +162,11 @@ def main() -> None:
                     service_ranking(client, "v2", new, test, row_of, args.k), test, labels),
                        "old_query": ranking_metrics(
                     service_ranking(client, "v1", old, test, row_of, args.k), test, labels)}
-                for calibrate in (True, False):
-                    ranked = offline_ranking(bundle, old, new, in_new, test, args.k, calibrate)
-                    row["offline_" + ("calibrated" if calibrate else "raw")] = ranking_metrics(ranked, test, labels)
+                for side, maps in candidates.items():
+                    for name, score_map in maps.items():
+                        ranked = offline_ranking(bundle, old, new, in_new, test, args.k, side, score_map)
+                        row[f"offline_{side}_{name}"] = ranking_metrics(ranked, test, labels)
+                row["offline_raw"] = row["offline_new_raw"]
                 out["levels"].append(row)
                 print(f"{level:5.0%} backfilled: new-model queries mAP@R {row['new_query']['mAP@R']:.4f} "
                       f"top-1 {row['new_query']['top1']:.3f} | old-model queries mAP@R "
@@ -159,7 +180,19 @@ def main() -> None:
     path = RESULTS / f"upgrade_{args.old}_{args.new}.json"
     path.write_text(json.dumps(out, indent=2))
     print_table(out)
+    print_calibration_table(out)
     print(f"wrote {path}")
+
+
+def print_calibration_table(out: dict) -> None:
+    print(f"\noffline merge replays (mAP@R), service's held-out choice: v2 queries {out['calibration_chosen']['new']}, "
+          f"v1 queries {out['calibration_chosen']['old']}")
+    print("| query model | re-embedded | raw | regression | distribution |")
+    print("|---|---|---|---|---|")
+    for side, label in (("new", "v2"), ("old", "v1")):
+        for row in out["levels"][1:-1]:
+            cells = [f"{row[f'offline_{side}_{name}']['mAP@R']:.4f}" for name in ("raw", "regression", "distribution")]
+            print(f"| {label} | {row['backfilled']:.0%} | " + " | ".join(cells) + " |")
 
 
 def print_table(out: dict) -> None:

@@ -219,7 +219,7 @@ def test_backend_rebuilds_beside_the_live_index(kind: str, monkeypatch) -> None:
     release, entered = threading.Event(), threading.Event()
     original = FaissPartition.rebuilt
 
-    def slow_rebuilt(self, ids, vecs):  # noqa: ANN001
+    def slow_rebuilt(self, ids, vecs):
         entered.set()
         assert release.wait(30)
         return original(self, ids, vecs)
