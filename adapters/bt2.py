@@ -30,7 +30,7 @@ from torch.nn.utils import parametrizations
 
 from adapters.base import Adapter, FitReport, ProgressFn, as_matrix
 from adapters.metrics import normalize
-from adapters.procrustes import procrustes_rotation
+from adapters.procrustes import centred_procrustes
 from adapters.training import (
     TRAIN_DEFAULTS,
     TrainConfig,
@@ -81,9 +81,7 @@ class BT2(Adapter):
         p = self.params
         gen = seed_everything(seed)
         device = pick_device(p["device"])
-        o, w = normalize(x_old), normalize(x_new)
-        self.mu_old, self.mu_new = o.mean(axis=0), w.mean(axis=0)
-        rot = procrustes_rotation(w - self.mu_new, o - self.mu_old)
+        o, w, self.mu_old, self.mu_new, rot = centred_procrustes(x_old, x_new)
         a_init = rot[: self.d_new, : self.d_old].T.copy()
         o_t = to_tensor(o, device)
         w_t = to_tensor(w - self.mu_new, device)

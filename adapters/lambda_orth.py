@@ -28,7 +28,7 @@ from torch import nn
 from adapters.affine import ridge
 from adapters.base import Adapter, FitReport, ProgressFn, as_matrix
 from adapters.metrics import normalize
-from adapters.procrustes import procrustes_rotation
+from adapters.procrustes import centred_procrustes
 from adapters.training import (
     TRAIN_DEFAULTS,
     TrainConfig,
@@ -75,9 +75,7 @@ class LambdaOrth(Adapter):
         p = self.params
         gen = seed_everything(seed)
         device = pick_device(p["device"])
-        o, w = normalize(x_old), normalize(x_new)
-        mu_old, mu_new = o.mean(axis=0), w.mean(axis=0)
-        rot = procrustes_rotation(w - mu_new, o - mu_old)  # D x D, rows index new dims
+        o, w, mu_old, mu_new, rot = centred_procrustes(x_old, x_new)  # rot: D x D, rows index new dims
         init = rot[: self.d_new, : self.d_old].T.copy()  # d_old x d_new
         module = _AffineMap(init, mu_old, mu_new).to(device)
         o_t, w_t = to_tensor(o, device), to_tensor(w, device)

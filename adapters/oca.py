@@ -31,7 +31,7 @@ from torch.nn.utils import parametrizations
 
 from adapters.base import Adapter, FitReport, ProgressFn, as_matrix
 from adapters.metrics import normalize
-from adapters.procrustes import pad_to, procrustes_rotation
+from adapters.procrustes import centred_procrustes, pad_to
 from adapters.training import (
     TRAIN_DEFAULTS,
     TrainConfig,
@@ -83,10 +83,8 @@ class OCA(Adapter):
         p = self.params
         gen = seed_everything(seed)
         device = pick_device(p["device"])
-        o, w = normalize(x_old), normalize(x_new)
-        self.mu_old, self.mu_new = o.mean(axis=0), w.mean(axis=0)
+        o, w, self.mu_old, self.mu_new, rot = centred_procrustes(x_old, x_new)  # x @ rot maps new -> old
         width = max(self.d_new, self.d_old + int(p["extra_dims"]))
-        rot = procrustes_rotation(w - self.mu_new, o - self.mu_old)  # x @ rot maps new -> old
         init = extend_to_orthogonal(rot.T, width)  # layer computes W x, so W = rot^T
         o_t = to_tensor(o, device)
         codes_t, protos, n_classes = label_targets(labels, o_t)

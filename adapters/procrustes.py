@@ -33,6 +33,20 @@ def procrustes_rotation(x_new: np.ndarray, x_old: np.ndarray) -> np.ndarray:
     return (u @ vt).astype(np.float32)
 
 
+def centred_procrustes(x_old: np.ndarray, x_new: np.ndarray, center: bool = True):
+    """The shared starting point of the linear methods: normalised rows, their means (zeros without
+    centring) and the D x D rotation mapping centred new onto centred old.
+
+    Returns (o, w, mu_old, mu_new, rotation) with o, w the normalised (uncentred) inputs.
+    """
+    o, w = normalize(x_old), normalize(x_new)
+    if center:
+        mu_old, mu_new = o.mean(axis=0), w.mean(axis=0)
+    else:
+        mu_old, mu_new = np.zeros(o.shape[1], np.float32), np.zeros(w.shape[1], np.float32)
+    return o, w, mu_old, mu_new, procrustes_rotation(w - mu_new, o - mu_old)
+
+
 class Procrustes(Adapter):
     name = "procrustes"
 
@@ -41,13 +55,7 @@ class Procrustes(Adapter):
         return {"center": True}
 
     def _fit(self, x_old, x_new, labels, seed, progress: ProgressFn) -> FitReport:
-        o, w = normalize(x_old), normalize(x_new)
-        if self.params["center"]:
-            self.mu_old, self.mu_new = o.mean(axis=0), w.mean(axis=0)
-        else:
-            self.mu_old = np.zeros(o.shape[1], np.float32)
-            self.mu_new = np.zeros(w.shape[1], np.float32)
-        self.rotation = procrustes_rotation(w - self.mu_new, o - self.mu_old)
+        _, _, self.mu_old, self.mu_new, self.rotation = centred_procrustes(x_old, x_new, self.params["center"])
         progress(1.0, "procrustes: solved")
         return FitReport(method=self.name, steps=1)
 
