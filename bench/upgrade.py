@@ -166,12 +166,11 @@ def main() -> None:
                     for name, score_map in maps.items():
                         ranked = offline_ranking(bundle, old, new, in_new, test, args.k, side, score_map)
                         row[f"offline_{side}_{name}"] = ranking_metrics(ranked, test, labels)
-                row["offline_raw"] = row["offline_new_raw"]
                 out["levels"].append(row)
                 print(f"{level:5.0%} backfilled: new-model queries mAP@R {row['new_query']['mAP@R']:.4f} "
                       f"top-1 {row['new_query']['top1']:.3f} | old-model queries mAP@R "
                       f"{row['old_query']['mAP@R']:.4f} | offline raw-score merge mAP@R "
-                      f"{row['offline_raw']['mAP@R']:.4f}", flush=True)
+                      f"{row['offline_new_raw']['mAP@R']:.4f}", flush=True)
             out["backfill_report"] = client.get("/v1/collections/wordnet/backfill", params={"limit": 0}).json()
         finally:
             service.stop()
@@ -203,7 +202,7 @@ def print_table(out: dict) -> None:
           "offline merge, raw scores mAP@R |")
     print("|---|---|---|---|---|---|")
     for row in out["levels"]:
-        n, o, raw = row["new_query"], row["old_query"], row["offline_raw"]
+        n, o, raw = row["new_query"], row["old_query"], row["offline_new_raw"]
         print(f"| {row['backfilled']:.0%} | {n['top1']:.3f} | {n['mAP@R']:.4f} | {o['top1']:.3f} | "
               f"{o['mAP@R']:.4f} | {raw['mAP@R']:.4f} |")
 

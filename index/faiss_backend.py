@@ -224,7 +224,9 @@ class FaissBackend(IndexBackend):
             return None
         try:
             part, tag = FaissPartition.from_bytes(path.read_bytes(), dim, metric, spec)
-        except Exception:  # corrupt or foreign snapshot: the caller rebuilds from the store
+        except Exception as exc:  # corrupt or foreign snapshot: the caller rebuilds from the store
+            log.warning("ignoring snapshot %s (%s: %s); the partition is rebuilt from the database",
+                        path, type(exc).__name__, exc)
             return None
         part.auto_rebuild = False
         with self._lock(key.collection).write():

@@ -254,11 +254,6 @@ class FaissPartition:
         self.index, self.slot_ids, self.slot_live = fresh.index, fresh.slot_ids, fresh.slot_live
         self._slot_of, self._bitmap, self.rebuild_due = fresh._slot_of, None, False
 
-    def compact(self) -> None:
-        """Rebuild the HNSW graph from its live vectors only."""
-        if self.is_hnsw:
-            self.rebuild_now()
-
     def _train_ivf(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         nlist = self.spec.ivf_nlist or max(1, int(4 * math.sqrt(len(ids))))
         nlist = min(nlist, max(1, len(ids) // 39))  # FAISS wants >= 39 training points per list

@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         backend = FaissBackend(settings.index_dir, device=settings.device, threads=settings.faiss_threads)
         router = Router(store, settings.data_dir, settings.routing_refresh_seconds)
         gallery = Gallery(store, registry, backend, router, settings.hit_cache_items)
-        upgrades = Upgrades(store, registry, router, settings)
+        upgrades = Upgrades(store, registry, settings, on_activation=router.reload)
         upgrades.discard_partial_files()
         runner = JobRunner(store, {TRAIN_JOB: upgrades.run_training}, stale_seconds=settings.job_stale_seconds)
         if settings.run_worker:

@@ -95,9 +95,9 @@ class Gallery:
             if key in seen:
                 raise Invalid(f"id {key!r} appears twice in one batch (also at items[{seen[key]}])", f"items[{i}].id")
             seen[key] = i
-        if model.id in self.store.retired_models(collection.id):
-            raise Conflict(f"model {model.name!r} is retired in collection {collection.name!r}", "model")
-        with self.write_lock(collection.id):
+        with self.write_lock(collection.id):  # retire() takes this lock too: no write slips past it
+            if model.id in self.store.retired_models(collection.id):
+                raise Conflict(f"model {model.name!r} is retired in collection {collection.name!r}", "model")
             target = self.ensure_partition(collection, model)
             outcome = self.store.upsert_items(collection.id, model.id, keys, vectors, payloads)
             writes: dict[str, PartitionWrite] = {}
@@ -146,8 +146,7 @@ class Gallery:
 
     # ---- reads --------------------------------------------------------------------------------
     def get_item(self, collection: CollectionRecord, key: str) -> ItemRecord:
-        dims = {mid: dim for mid, (dim, _metric) in self.model_dims().items()}
-        item = self.store.get_item(collection.id, key, dims)
+        item = self.store.get_item(collection.id, key, lambda mid: self.registry.model_by_id(mid).dim)
         if item is None:
             raise NotFound(f"no item {key!r} in collection {collection.name!r}", "id")
         return item

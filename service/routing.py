@@ -173,6 +173,8 @@ class Router:
         with self._reload_lock:
             table = load_table(self.store, self.data_dir, self._bundles)
             self.table = table  # one reference assignment: atomic for readers
+            active = {e.transformation_id for e in table.edges}
+            self._bundles = {tid: b for tid, b in self._bundles.items() if tid in active}  # free retired ones
             return table
 
     def start(self) -> None:

@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from adapters.bundle import build_bundle
 from service.errors import Conflict, Invalid, NotFound
 from service.jobs import JobContext
 from service.registry import Registry
-from service.routing import Router
 from service.settings import Settings
 from service.store import JobRecord, Store, TransformationRecord, UpgradeRecord
 
@@ -37,11 +37,14 @@ SERVABLE_METHODS = sorted(name for name, cls in METHODS.items() if not cls.needs
 
 
 class Upgrades:
-    def __init__(self, store: Store, registry: Registry, router: Router, settings: Settings) -> None:
+    def __init__(self, store: Store, registry: Registry, settings: Settings,
+                 on_activation: Callable[[], object] | None = None) -> None:
         self.store = store
         self.registry = registry
-        self.router = router
         self.settings = settings
+        # The serving process reloads its routing table at once; a separate worker passes nothing
+        # (servers notice the stored revision change within ROUTING_REFRESH_SECONDS).
+        self.on_activation = on_activation or (lambda: None)
         self.on_job_queued = None  # the in-process worker's wake-up, when there is one
 
     @property
@@ -177,13 +180,13 @@ class Upgrades:
         if not (self.settings.data_dir / record.path).exists():
             raise Conflict(f"the files of transformation {record.id} are missing", "transformation")
         updated = self.store.activate(upgrade.id, record.id)
-        self.router.reload()
+        self.on_activation()
         log.info("upgrade %s: transformation %s active", upgrade.id, record.id)
         return updated
 
     def deactivate(self, upgrade: UpgradeRecord) -> UpgradeRecord:
         updated = self.store.activate(upgrade.id, None)
-        self.router.reload()
+        self.on_activation()
         return updated
 
     def discard_partial_files(self) -> None:

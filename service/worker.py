@@ -13,7 +13,6 @@ import threading
 from service.db import make_engine, migrate
 from service.jobs import JobRunner
 from service.registry import Registry
-from service.routing import Router
 from service.settings import get_settings
 from service.store import Store
 from service.upgrades import TRAIN_JOB, Upgrades
@@ -28,8 +27,7 @@ def run_worker() -> None:
     migrate(engine)
     store = Store(engine)
     registry = Registry(store, settings.max_dim)
-    router = Router(store, settings.data_dir, settings.routing_refresh_seconds)
-    upgrades = Upgrades(store, registry, router, settings)
+    upgrades = Upgrades(store, registry, settings)
     runner = JobRunner(store, {TRAIN_JOB: upgrades.run_training}, stale_seconds=settings.job_stale_seconds)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -60,7 +60,7 @@ def test_upsert_assigns_row_ids_and_reports_replacements(store: Store) -> None:
     assert second.ids[0] == b, "a replaced item keeps its row id"
     d = int(second.ids[1])
     assert second.replaced[model.id].tolist() == [b]
-    item = store.get_item(coll.id, "b", {model.id: 4})
+    item = store.get_item(coll.id, "b", {model.id: 4}.__getitem__)
     assert item.payload == {"n": 2} and item.seq == 4
     np.testing.assert_array_equal(item.vector, v[3])
     assert store.partition_ids(coll.id, model.id).tolist() == sorted([a, b, c, d])

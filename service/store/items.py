@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -285,12 +285,13 @@ class ItemStore:
             s.execute(Item.__table__.delete().where(Item.id == row.id))
             return row.model_id, row.id, tag
 
-    def get_item(self, collection_id: int, key: str, dim_by_model: dict[int, int]) -> ItemRecord | None:
+    def get_item(self, collection_id: int, key: str, dim_of: Callable[[int], int]) -> ItemRecord | None:
+        """The item and its vector; `dim_of(model id)` gives the width to decode it with."""
         with self._sessions() as s:
             row = s.scalar(select(Item).where(Item.collection_id == collection_id, Item.key == key))
             if row is None:
                 return None
-            vec = decode_vectors([row.vector], dim_by_model[row.model_id])[0]
+            vec = decode_vectors([row.vector], dim_of(row.model_id))[0]
             return ItemRecord(row.key, row.model_id, row.seq, vec, row.payload, row.updated_at)
 
     def hits_by_id(self, collection_id: int, ids: Sequence[int], with_payload: bool = True) -> dict[int, HitRecord]:
