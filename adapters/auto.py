@@ -22,7 +22,7 @@ import numpy as np
 from adapters.base import Adapter, FitReport, ProgressFn
 from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, choose, method_row
 
-CANDIDATES = ["procrustes", "affine", "lambda_orth", "oca", "bt2"]
+CANDIDATES = ["procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"]
 
 
 def holdout_split(n: int, labels: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from adapters.adjoint import Adjoint
 from adapters.affine import Affine
 from adapters.auto import Auto
 from adapters.base import CONFIG_FILE, Adapter, restore_common
@@ -16,7 +17,7 @@ from adapters.procrustes import Procrustes
 from adapters.slerp import Slerp
 
 METHODS: dict[str, type[Adapter]] = {
-    cls.name: cls for cls in (Procrustes, Affine, LambdaOrth, OCA, BT2, Slerp, Auto)
+    cls.name: cls for cls in (Procrustes, Affine, Adjoint, LambdaOrth, OCA, BT2, Slerp, Auto)
 }
 
 

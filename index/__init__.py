@@ -4,7 +4,7 @@ Pure library: it never imports `service`. The backend interface lives in `index.
 FAISS (`index.faiss_backend`) is the embedded default.
 """
 
-from index.backend import IndexBackend, IndexSpec, Metric, PartitionKey, SearchResult
+from index.backend import IndexBackend, IndexSpec, Metric, PartitionKey, PartitionState, SearchResult
 from index.faiss_backend import FaissBackend
 
-__all__ = ["FaissBackend", "IndexBackend", "IndexSpec", "Metric", "PartitionKey", "SearchResult"]
+__all__ = ["FaissBackend", "IndexBackend", "IndexSpec", "Metric", "PartitionKey", "PartitionState", "SearchResult"]

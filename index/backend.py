@@ -78,6 +78,20 @@ class PartitionWrite:
     add_vectors: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class PartitionState:
+    """What a partition's index is right now: shown to operators, waited on by benchmarks.
+
+    `structure` is the index actually searched ("flat", "hnsw", "ivf", or "exact" for an IVF
+    partition still below `ivf_train_min`); `rebuilding` is true while a new index (IVF training,
+    HNSW compaction) is being built beside the live one.
+    """
+
+    vectors: int
+    structure: str
+    rebuilding: bool = False
+
+
 class IndexBackend(ABC):
     """Partitions of vectors, searched and mutated under per-collection consistency."""
 
@@ -98,6 +112,10 @@ class IndexBackend(ABC):
     @abstractmethod
     def count(self, key: PartitionKey) -> int:
         """Number of live vectors in the partition."""
+
+    def state(self, key: PartitionKey) -> PartitionState:
+        """The partition's index structure and whether it is being rebuilt (default: unknown)."""
+        return PartitionState(self.count(key), "unknown")
 
     @abstractmethod
     def live_ids(self, key: PartitionKey) -> np.ndarray:

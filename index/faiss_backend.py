@@ -21,7 +21,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.backend import IndexBackend, IndexSpec, Metric, PartitionKey, PartitionWrite, SearchResult
+from index.backend import (
+    IndexBackend,
+    IndexSpec,
+    Metric,
+    PartitionKey,
+    PartitionState,
+    PartitionWrite,
+    SearchResult,
+)
 from index.faiss_partition import FaissPartition
 from index.gpu import Device, GpuReplicator, resolve_device
 from index.rwlock import ReadWriteLock
@@ -103,6 +111,14 @@ class FaissBackend(IndexBackend):
     def count(self, key: PartitionKey) -> int:
         with self._lock(key.collection).read():
             return len(self._partition(key))
+
+    def state(self, key: PartitionKey) -> PartitionState:
+        with self._lock(key.collection).read():
+            part = self._partition(key)
+            vectors, structure = len(part), part.structure
+        with self._registry_lock:
+            rebuilding = key in self._rebuilding
+        return PartitionState(vectors, structure, rebuilding)
 
     def search_cost(self, key: PartitionKey) -> int:
         part = self._partitions.get(key)

@@ -101,6 +101,13 @@ class FaissPartition:
             return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
         return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
 
+    @property
+    def structure(self) -> str:
+        """The index searched now: the spec's kind, or "exact" for an IVF not trained yet."""
+        if self.spec.kind == "ivf" and not self.is_trained_ivf:
+            return "exact"
+        return self.spec.kind
+
     def search_cost(self) -> int:
         """Approximate multiply-adds for one query: vectors compared times dimension."""
         n = len(self)

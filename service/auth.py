@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.settings import Settings
 
-_bearer = HTTPBearer(auto_error=False, description="The service API key (NOBACKFILL_API_KEY).")
+bearer = HTTPBearer(auto_error=False, description="The service API key (NOBACKFILL_API_KEY).")
 SESSION_COOKIE = "nobackfill_session"
 CSRF_HEADER = "x-nobackfill-csrf"
 ADMIN, READER = "admin", "reader"
@@ -79,7 +79,7 @@ def _missing() -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
-async def require_admin(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+async def require_admin(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
     role = caller_role(request, creds)
     if role is None:
         raise _missing()
@@ -87,7 +87,7 @@ async def require_admin(request: Request, creds: HTTPAuthorizationCredentials | 
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this call needs the admin API key")
 
 
-async def require_reader(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+async def require_reader(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
     settings: Settings = request.app.state.settings
     if not settings.read_requires_key:
         if creds is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from index import IndexBackend, IndexSpec, PartitionKey
+from index import IndexBackend, IndexSpec, PartitionKey, PartitionState
 from index.backend import PartitionWrite
 from service.errors import Conflict, Invalid, NotFound, Unavailable
 from service.hit_cache import HitCache
@@ -159,6 +159,10 @@ class Gallery:
             if n:
                 sizes[int(pkey.model[1:])] = n
         return sizes
+
+    def partition_states(self, collection: CollectionRecord) -> dict[int, PartitionState]:
+        """Per model id: the index structure searched now and whether a rebuild is running."""
+        return {int(pkey.model[1:]): self.backend.state(pkey) for pkey in self.backend.partitions(f"c{collection.id}")}
 
     def search_work(self, collection: CollectionRecord, sizes: dict[int, int], n_queries: int) -> int:
         """Rough multiply-add count of a search, to decide where it runs (see the query route)."""

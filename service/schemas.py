@@ -51,12 +51,23 @@ class CollectionCreate(_Strict):
     index: IndexOptions = Field(default_factory=IndexOptions)
 
 
+class PartitionOut(BaseModel):
+    """One model version's vectors in a collection, as its index holds them now."""
+
+    model: str
+    vectors: int
+    structure: str = Field(description="flat | hnsw | ivf, or exact while an IVF partition is below ivf_train_min.")
+    rebuilding: bool = Field(description="A new index (IVF training, HNSW compaction) is being built beside the "
+                                         "live one; queries and writes continue meanwhile.")
+
+
 class CollectionOut(BaseModel):
     name: str
     model: str
     index: IndexOptions
     items: int
     items_per_model: dict[str, int]
+    partitions: list[PartitionOut] = Field(default_factory=list)
     created_at: datetime
 
 

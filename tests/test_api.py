@@ -152,6 +152,25 @@ def test_query_in_successor_without_path_is_409(client, gallery) -> None:
     assert "no active transformation" in r.json()["detail"]
 
 
+def test_collection_shows_each_partitions_index_state(client) -> None:
+    """An IVF partition is exact until ivf_train_min vectors, then trains in the background; the
+    collection says which structure is searched and whether a rebuild is running."""
+    import time
+
+    m, c = unique("ivfm"), unique("ivfc")
+    make_model(client, m, 8)
+    make_collection(client, c, m, index={"kind": "ivf", "ivf_train_min": 100, "ivf_nlist": 4})
+    assert upsert(client, c, m, [f"a{i}" for i in range(50)], rand(50, 8), compact=True).status_code == 200
+    (part,) = client.get(f"/v1/collections/{c}").json()["partitions"]
+    assert part == {"model": m, "vectors": 50, "structure": "exact", "rebuilding": False}
+    assert upsert(client, c, m, [f"b{i}" for i in range(200)], rand(200, 8, seed=1), compact=True).status_code == 200
+    deadline = time.monotonic() + 30
+    while (part := client.get(f"/v1/collections/{c}").json()["partitions"][0])["rebuilding"]:
+        assert time.monotonic() < deadline, "IVF training did not finish"
+        time.sleep(0.05)
+    assert part == {"model": m, "vectors": 250, "structure": "ivf", "rebuilding": False}
+
+
 def test_mixed_gallery_reports_skipped_partitions(client, gallery) -> None:
     m, c, x = gallery
     succ = unique("succ")
@@ -159,6 +178,8 @@ def test_mixed_gallery_reports_skipped_partitions(client, gallery) -> None:
     assert upsert(client, c, succ, ["item-0", "item-1"], rand(2, 6)).status_code == 200
     info = client.get(f"/v1/collections/{c}").json()
     assert info["items_per_model"] == {m: 48, succ: 2}
+    assert {p["model"]: (p["vectors"], p["rebuilding"]) for p in info["partitions"]} == {m: (48, False),
+                                                                                        succ: (2, False)}
     body = client.post(f"/v1/collections/{c}/query", json={"model": m, "vector": x[0].tolist(), "k": 50}).json()
     assert body["searched"] == [{"model": m, "items": 48}]
     assert body["skipped"][0]["model"] == succ and body["skipped"][0]["items"] == 2
@@ -277,6 +298,9 @@ def test_health_and_openapi(client) -> None:
     spec = client.get("/openapi.json").json()
     assert "/v1/collections/{name}/query" in spec["paths"]
     assert client.get("/docs").status_code == 200
+    # the query is served by a plain Starlette route placed first (collections.query_fast); other
+    # methods on its path still get FastAPI's answer
+    assert client.get("/v1/collections/x/query").status_code == 405
     # bodies parsed from raw bytes are still documented, nested models included
     query_body = spec["paths"]["/v1/collections/{name}/query"]["post"]["requestBody"]
     assert query_body["content"]["application/json"]["schema"]["$ref"].endswith("/QueryRequest")

@@ -47,7 +47,12 @@ def test_reads_can_be_closed(secured) -> None:
     server = secured(read_requires_key=True)
     with httpx.Client(base_url=server.url) as c:
         assert c.get("/v1/models").status_code == 401
-        assert c.post("/v1/collections/g/query", json={"model": "v1", "vector": [1, 0, 0, 0]}).status_code == 401
+        query = {"model": "v1", "vector": [1, 0, 0, 0]}
+        assert c.post("/v1/collections/g/query", json=query).status_code == 401
+        # the query hot path (a plain Starlette route, service/routes/collections.py) checks keys the same way
+        assert c.post("/v1/collections/g/query", json=query, headers={"Authorization": "Bearer no"}).status_code == 403
+        r = c.post("/v1/collections/g/query", json=query, headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 404 and r.json()["error"] == "not_found" and r.json()["field"] == "collection"
         assert c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
         assert c.get("/healthz").status_code == 200, "probes stay open for orchestrators"
 

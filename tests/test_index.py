@@ -234,12 +234,16 @@ def test_backend_rebuilds_beside_the_live_index(kind: str, monkeypatch) -> None:
     if kind == "hnsw":  # tombstones past a fifth of the graph
         backend.apply("c1", {"m1": PartitionWrite(remove=np.arange(1_500))})
     assert entered.wait(30), "a rebuild should have started"
+    during = backend.state(key)
+    assert during.rebuilding and during.structure == ("exact" if kind == "ivf" else "hnsw")
     # while it is being built: searches answer, writes land
     assert backend.search("c1", {"m1": x[2_500:2_501]}, 1)["m1"].ids[0, 0] == 2_500
     backend.apply("c1", {"m1": PartitionWrite(remove=np.array([2_999]),
                                               add_ids=np.array([9_000]), add_vectors=x[2_999:3_000])})
     release.set()
     assert backend.wait_for_rebuilds(60)
+    after = backend.state(key)
+    assert not after.rebuilding and after.structure == kind and after.vectors == (3_000 if kind == "ivf" else 1_500)
     part = backend._partitions[key]
     if kind == "ivf":
         assert part.is_trained_ivf
