@@ -17,8 +17,11 @@ Transform: with w = normalize(q) - mu_new,
 t = 1 is the pure adjoint, t = 0 the centred direct ridge; for one query the mu_old offset and any
 per-query scale do not change the ranking, so z is searched by cosine like any other map.
 (alpha, t) are chosen by k-fold cross-validation on the training pairs, scored by new/old mAP@R
-on each held-out fold -- same-label relevance when labels are given (labels are used for this
-choice only), consensus neighbours otherwise -- then G and F are refitted on all pairs.
+on each held-out fold -- with labels, folds hold out whole classes and relevance is the label
+(labels are used for this choice only); without, relevance is the consensus neighbourhood (an
+item's neighbours under both models), which keeps the blend balanced between the two geometries
+(the new model's clusters, which `auto` ranks methods by, pushed t to 1 and cost top-1 on
+WordNet: docs/adapters.md) -- then G and F are refitted on all pairs.
 Forward map (old -> new, for old-model queries against re-embedded items): G itself.
 Cost: one d x d Gram matrix per direction and fold, one solve per alpha; seconds at 100k x 768.
 """
@@ -28,12 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn, as_matrix
-from adapters.metrics import (
-    consensus_neighbours,
-    neighbour_metrics,
-    normalize,
-    retrieval_metrics,
-)
+from adapters.metrics import consensus_neighbours, neighbour_metrics, normalize, retrieval_metrics
 
 
 class _Ridge:
@@ -46,6 +44,20 @@ class _Ridge:
     def solve(self, alpha: float) -> np.ndarray:
         eye = np.eye(self.gram.shape[0])
         return np.linalg.solve(self.gram + alpha * eye, self.cross).astype(np.float32)
+
+
+def fold_indices(n: int, labels: np.ndarray | None, folds: int, seed: int) -> list[np.ndarray]:
+    """Held-out index sets for k-fold cross-validation. With labels, whole classes are held out
+    together: a gallery's new content tends to be new categories, and a choice tuned on classes
+    the maps were fitted on overrates the blends that fit those classes best."""
+    rng = np.random.default_rng(seed)
+    if labels is not None:
+        classes, codes = np.unique(labels, return_inverse=True)
+        if len(classes) >= folds:
+            fold_of_class = np.empty(len(classes), dtype=np.int64)
+            fold_of_class[rng.permutation(len(classes))] = np.arange(len(classes)) % folds
+            return [rng.permutation(np.flatnonzero(fold_of_class[codes] == f)) for f in range(folds)]
+    return np.array_split(rng.permutation(n), folds)
 
 
 def blend(w: np.ndarray, direct: np.ndarray, adjoint: np.ndarray, t: float) -> np.ndarray:
@@ -86,28 +98,24 @@ class Adjoint(Adapter):
         folds = min(int(self.params["folds"]), n // 20)
         if folds < 2:
             return {}
-        rng = np.random.default_rng(seed)
-        parts = np.array_split(rng.permutation(n), folds)
+        parts = fold_indices(n, labels, folds, seed)
         totals: dict[tuple[float, float], float] = {}
         for f, held in enumerate(parts):
             fit = np.setdiff1d(np.arange(n), held)
             held = held[: int(self.params["max_fold_eval"])]
-            if labels is not None:
-                relevance = None
-            else:
-                relevance = consensus_neighbours(oc[held] + self.mu_old, wc[held] + self.mu_new)
-            old_to_new, new_to_old = _Ridge(oc[fit], wc[fit]), _Ridge(wc[fit], oc[fit])
             gallery = oc[held] + self.mu_old
+            neighbours = None if labels is not None else consensus_neighbours(gallery, wc[held] + self.mu_new)
+            old_to_new, new_to_old = _Ridge(oc[fit], wc[fit]), _Ridge(wc[fit], oc[fit])
             for alpha in self.params["alphas"]:
                 g, d = old_to_new.solve(alpha), new_to_old.solve(alpha)
                 for t in self.params["blends"]:
                     queries = blend(wc[held], d, g, float(t))
-                    if relevance is None:
+                    if neighbours is None:
                         m = retrieval_metrics(queries, gallery, labels[held])
                     else:
-                        m = neighbour_metrics(queries, gallery, relevance)
+                        m = neighbour_metrics(queries, gallery, neighbours)
                     key = (float(alpha), float(t))
-                    totals[key] = totals.get(key, 0.0) + m.mAP_at_R / folds
+                    totals[key] = totals.get(key, 0.0) + m.mAP_at_R / len(parts)
             progress((f + 1) / (folds + 1), f"adjoint: fold {f + 1}/{folds}")
         return totals
 

@@ -7,9 +7,14 @@ Selection happens on pairs the candidates did not train on, carved from the *tra
   like) and a stratified sample of the remaining classes. Label-supervised methods shine on seen
   classes and can hurt on unseen ones (methods.md), so judging on both keeps `auto` honest;
 - without labels, a random 20 %.
-Each candidate gets the four-row evaluation of evaluate.py on that part; the winner is the method
-with the highest new/old mAP@R among those that pass the ECC (or the highest overall, flagged, when
-none does). The winner is then refitted on all training pairs. Methods that need the query in both
+Each candidate gets the four-row evaluation of evaluate.py on that part (its ECC verdict included);
+the winner is the method with the highest new/old mAP@R among those that pass the ECC (or the
+highest overall, flagged, when none does). Without labels the ECC verdict uses the neutral
+consensus-neighbour relevance, but the *ranking* uses pseudo-labels -- spherical k-means clusters
+of the held-out items' new embeddings (metrics.cluster_labels) -- because consensus neighbours are
+old-model neighbours by construction and so always favour mapping a query onto its own old vector
+(Procrustes), even where labels show other maps retrieve the right category far better
+(docs/adapters.md). The winner is then refitted on all training pairs. Methods that need the query in both
 models (slerp) are not candidates: a plain new-model query cannot use them.
 """
 
@@ -21,6 +26,7 @@ import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
 from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, choose, method_row
+from adapters.metrics import cluster_labels, retrieval_metrics
 
 CANDIDATES = ["procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"]
 
@@ -60,6 +66,8 @@ class Auto(Adapter):
         fit, hold = holdout_split(len(x_old), labels, self.params["holdout_fraction"], seed)
         test = EvalSet(x_old[hold], x_new[hold], None if labels is None else labels[hold])
         rows = baseline_rows(test)
+        # without labels, rank by the new model's clusters (see the module docstring)
+        pseudo = None if labels is not None else cluster_labels(test.new, seed=seed)
         results: dict[str, dict[str, Any]] = {}
         steps = len(names) + 1
         for i, name in enumerate(names):
@@ -69,10 +77,14 @@ class Auto(Adapter):
             candidate = create(name, **self.params["method_params"].get(name, {}))
             candidate.fit(x_old[fit], x_new[fit], None if labels is None else labels[fit], seed=seed, progress=sub)
             results[name] = method_row(candidate, test, rows)
-        chosen = choose(results)
+            if pseudo is not None:
+                mapped = candidate.transform(test.new)
+                results[name]["selection_mAP@R"] = retrieval_metrics(mapped, test.old, pseudo).mAP_at_R
+        ranking = {name: r.get("selection_mAP@R", r["new/old"][PRIMARY]) for name, r in results.items()}
+        chosen = choose(results, ranking)
         passed = chosen is not None
         if chosen is None:
-            chosen = max(results, key=lambda name: results[name]["new/old"][PRIMARY])
+            chosen = max(results, key=ranking.get)
         progress(len(names) / steps, f"auto: refitting {chosen} on all pairs")
         self.chosen = create(chosen, **self.params["method_params"].get(chosen, {}))
         inner = self.chosen.fit(x_old, x_new, labels, seed=seed,

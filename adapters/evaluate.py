@@ -99,9 +99,12 @@ def method_row(adapter: Adapter, test: EvalSet, rows: dict[str, dict[str, float]
     }
 
 
-def choose(methods: dict[str, dict[str, Any]], exclude: set[str] = frozenset()) -> str | None:
-    """The best method that passes the ECC (highest new/old mAP@R); None when none passes."""
+def choose(methods: dict[str, dict[str, Any]], ranking: dict[str, float] | None = None,
+           exclude: set[str] = frozenset()) -> str | None:
+    """The best method that passes the ECC -- highest `ranking` score, by default new/old mAP@R --
+    or None when none passes."""
     passing = [name for name, r in methods.items() if r["ecc"] and name not in exclude]
     if not passing:
         return None
-    return max(passing, key=lambda name: methods[name]["new/old"][PRIMARY])
+    score = ranking or {name: r["new/old"][PRIMARY] for name, r in methods.items()}
+    return max(passing, key=score.get)

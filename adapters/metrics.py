@@ -174,6 +174,25 @@ def consensus_neighbours(old: np.ndarray, new: np.ndarray, k: int = 10, chunk: i
     return out
 
 
+def cluster_labels(x: np.ndarray, items_per_cluster: int = 20, seed: int = 0) -> np.ndarray:
+    """Pseudo-labels for choosing between maps without labels: spherical k-means clusters.
+
+    Called on the *new* model's embeddings: a map whose new->old search retrieves the query's
+    new-model cluster mates reproduces the category-like structure the upgrade is for. Item-level
+    neighbourhoods do not work for this choice: consensus neighbours are old-model neighbours by
+    construction, so they reward mapping a query onto its own old vector (Procrustes) over maps that
+    rank the gallery as the new model would (docs/adapters.md shows both against true labels).
+    """
+    import faiss  # the project's vector library; imported here so metrics stay light to import
+
+    w = np.ascontiguousarray(normalize(x), dtype=np.float32)
+    k = max(2, min(len(w) // max(2, items_per_cluster), len(w) - 1))
+    kmeans = faiss.Kmeans(w.shape[1], k, niter=20, seed=seed, spherical=True, min_points_per_centroid=1)
+    kmeans.train(w)
+    _, assigned = kmeans.index.search(w, 1)
+    return assigned[:, 0].astype(np.int64)
+
+
 def neighbour_metrics(
     queries: np.ndarray, gallery: np.ndarray, neighbours: np.ndarray, *, chunk: int = DEFAULT_CHUNK
 ) -> RetrievalMetrics:

@@ -152,6 +152,8 @@ def run_kind(kind: str, x: np.ndarray, queries: np.ndarray, args, client: httpx.
     t0 = time.perf_counter()
     index = raw_index(kind, x, args.ef_search, args.nprobe)
     row["raw_build_s"] = round(time.perf_counter() - t0, 2)
+    if kind == "ivf":
+        row["ivf_nlist"] = ivf_nlist(len(x))
     row["faiss_bytes_per_vector"] = round(len(faiss.serialize_index(index)) / len(x), 1)
     singles = [queries[i : i + 1] for i in range(len(queries))]
     batches = [queries[i : i + 32] for i in range(0, len(queries) - 31, 32)]
@@ -332,6 +334,7 @@ def main() -> None:
     x, source = gallery_vectors(args.n, args.dim)
     queries = query_vectors(x, args.queries)
     result = {"n": args.n, "dim": args.dim, "k": args.k, "data": source, "service_threads": args.threads,
+              "client": "http.client", "waits_for_index_builds": True,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "faiss": faiss.__version__}, "rows": []}
     data_dir = Path(tempfile.mkdtemp(prefix="nobackfill-bench-"))

@@ -223,12 +223,11 @@ class FaissBackend(IndexBackend):
         path = self._snapshot_path(key)
         if path is None:
             return
-        with self._lock(key.collection).read():
-            blob = self._partition(key).to_bytes(self.tag(key.collection))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
-            fh.write(blob)
+            with self._lock(key.collection).read():  # writes wait; searches go on
+                self._partition(key).write_snapshot(fh, self.tag(key.collection))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -239,7 +238,8 @@ class FaissBackend(IndexBackend):
         if path is None or not path.exists():
             return None
         try:
-            part, tag = FaissPartition.from_bytes(path.read_bytes(), dim, metric, spec)
+            with open(path, "rb") as fh:
+                part, tag = FaissPartition.read_snapshot(fh, dim, metric, spec)
         except Exception as exc:  # corrupt or foreign snapshot: the caller rebuilds from the store
             log.warning("ignoring snapshot %s (%s: %s); the partition is rebuilt from the database",
                         path, type(exc).__name__, exc)

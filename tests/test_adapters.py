@@ -145,6 +145,30 @@ def test_auto_reports_every_candidate_and_chooses_one_that_passes(wordnet) -> No
     assert auto.transform(wordnet["test"].new[:5]).shape == (5, 384)
 
 
+def test_auto_without_labels_ranks_by_the_new_models_clusters(wordnet) -> None:
+    auto = create("auto", **fast_params("auto"))
+    notes = auto.fit(wordnet["old"], wordnet["new"], None, seed=0).notes
+    assert notes["holdout_relevance"] == "consensus-neighbours"  # the ECC verdicts stay neutral
+    ranked = {n: r["selection_mAP@R"] for n, r in notes["candidates"].items()}
+    passing = [n for n, r in notes["candidates"].items() if r["ecc"]]
+    assert notes["selected"] == max(passing or ranked, key=ranked.get)
+    assert notes["selected_passes_ecc"] == bool(passing)
+    assert len(set(ranked.values())) > 1, "the clusters must tell the candidates apart"
+
+
+def test_cluster_labels_find_separated_groups() -> None:
+    from adapters.metrics import cluster_labels
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(6, dtype=np.float32)[:3] * 5
+    x = np.repeat(centres, 20, axis=0) + rng.normal(scale=0.05, size=(60, 6)).astype(np.float32)
+    labels = cluster_labels(x, items_per_cluster=20, seed=1)
+    assert len(np.unique(labels)) == 3
+    for g in range(3):  # each true group is exactly one cluster
+        assert len(np.unique(labels[g * 20 : (g + 1) * 20])) == 1
+    np.testing.assert_array_equal(labels, cluster_labels(x, items_per_cluster=20, seed=1))
+
+
 def test_bad_inputs_are_rejected() -> None:
     adapter = create("procrustes")
     with pytest.raises(ValueError, match="paired"):

@@ -122,6 +122,38 @@ def test_persist_and_restore_round_trip(tmp_path, spec: IndexSpec) -> None:
     assert FaissBackend(tmp_path).restore(key, 13, "cosine", spec) is None
 
 
+def test_snapshot_streams_the_index_to_disk(tmp_path) -> None:
+    """Persisting never holds a copy of the index in memory (it used to hold three: an
+    out-of-memory kill at 1M x 768-d), and snapshots in the earlier layout still load."""
+    import io
+    import json
+    import tracemalloc
+
+    import faiss
+
+    x = clustered(20_000, 64)
+    key = PartitionKey("c1", "m1")
+    backend = FaissBackend(tmp_path)
+    backend.ensure_partition(key, 64, "cosine", IndexSpec())
+    backend.apply("c1", {"m1": PartitionWrite(add_ids=np.arange(20_000), add_vectors=x)}, tag=7)
+    index_bytes = 20_000 * 64 * 4
+    tracemalloc.start()
+    backend.persist(key)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < index_bytes / 4, f"persist allocated {peak} bytes for a {index_bytes}-byte index"
+    # the earlier layout: np.savez with the index serialised into an array member
+    part = backend._partitions[key]
+    meta = {"tag": 5, "dim": 64, "metric": "cosine", "spec": IndexSpec().to_dict()}
+    legacy = io.BytesIO()
+    np.savez(legacy, index=faiss.serialize_index(part.index), slot_ids=part.slot_ids, slot_live=part.slot_live,
+             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    (tmp_path / "c1" / "m1.npz").write_bytes(legacy.getvalue())
+    fresh = FaissBackend(tmp_path)
+    assert fresh.restore(key, 64, "cosine", IndexSpec()) == 5 and fresh.count(key) == 20_000
+    assert fresh.search("c1", {"m1": x[3:4]}, 1)["m1"].ids[0, 0] == 3
+
+
 def test_corrupt_snapshot_is_ignored(tmp_path) -> None:
     key = PartitionKey("c1", "m1")
     (tmp_path / "c1").mkdir()
