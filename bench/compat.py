@@ -2,6 +2,7 @@
 
     python -m bench.compat                       # all pairs, seeds 0 and 1, both splits
     python -m bench.compat --pairs minilm:mpnet --seeds 0
+    python -m bench.compat --modes "no labels" --merge   # rerun one mode, keep the other's runs
 
 For each encoder pair (old -> new) on ../shared/data/wordnet-4k, each training mode (with labels /
 without labels -- test relevance is always "same WordNet category") and each split:
@@ -56,7 +57,10 @@ def class_disjoint(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.flatnonzero(in_fit), np.flatnonzero(~in_fit)
 
 
-def run(pairs: list[str], seeds: list[int], log) -> list[dict]:
+MODES = ("labels", "no labels")
+
+
+def run(pairs: list[str], seeds: list[int], log, modes: tuple[str, ...] = MODES) -> list[dict]:
     vectors, labels = load_wordnet()
     splits = [(split, s) for split in ("stratified", "class-disjoint") for s in seeds]
     runs = []
@@ -64,7 +68,7 @@ def run(pairs: list[str], seeds: list[int], log) -> list[dict]:
         old, new = pair.split(":")
         for split, seed in splits:
             train, test = (stratified_half if split == "stratified" else class_disjoint)(labels, seed)
-            for mode in ("labels", "no labels"):
+            for mode in modes:
                 data = {
                     "old_train": vectors[old][train], "new_train": vectors[new][train],
                     "old_test": vectors[old][test], "new_test": vectors[new][test],
@@ -87,7 +91,9 @@ def run(pairs: list[str], seeds: list[int], log) -> list[dict]:
 def summarise(runs: list[dict]) -> list[dict]:
     """Mean over seeds per (pair, split, mode)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in runs:
+    order = {"stratified": 0, "class-disjoint": 1}
+    for r in sorted(runs, key=lambda r: (PAIRS.index(r["pair"]) if r["pair"] in PAIRS else 99, order.get(r["split"], 9),
+                                         MODES.index(r["mode"]), r["seed"])):
         groups.setdefault((r["pair"], r["split"], r["mode"]), []).append(r["report"])
     rows = []
     for (pair, split, mode), reports in groups.items():
@@ -159,9 +165,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", default=",".join(PAIRS))
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--modes", default=",".join(MODES), help='"labels", "no labels" or both (comma-separated)')
     parser.add_argument("--out", type=Path, default=RESULTS / "compat.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the runs made now in an existing --out file (e.g. after a change that "
+                             "affects one training mode) and summarise all of them")
     args = parser.parse_args()
-    runs = run(args.pairs.split(","), [int(s) for s in args.seeds.split(",")], lambda m: print(m, flush=True))
+    modes = tuple(m.strip() for m in args.modes.split(","))
+    runs = run(args.pairs.split(","), [int(s) for s in args.seeds.split(",")], lambda m: print(m, flush=True), modes)
+    if args.merge and args.out.exists():
+        made = {(r["pair"], r["split"], r["seed"], r["mode"]) for r in runs}
+        kept = [r for r in json.loads(args.out.read_text())["runs"]
+                if (r["pair"], r["split"], r["seed"], r["mode"]) not in made]
+        runs = kept + runs
     rows = summarise(runs)
     table = markdown(rows)
     print("\n" + table)

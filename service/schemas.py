@@ -205,7 +205,7 @@ class UpgradeCreate(_Strict):
 
 
 class TrainRequest(_Strict):
-    method: str = Field("auto", description="auto, or one method: procrustes, affine, lambda_orth, oca, bt2.")
+    method: str = Field("auto", description="auto, or one method: procrustes, affine, adjoint, lambda_orth, oca, bt2.")
     params: dict[str, Any] = Field(default_factory=dict, description="Method parameters (see docs/adapters.md).")
     label_field: str | None = Field(
         None, max_length=128, description="Payload field holding the class label of re-embedded gallery items."
