@@ -32,20 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from adapters.affine import RidgeSolver
 from adapters.base import Adapter, FitReport, ProgressFn, as_matrix
 from adapters.metrics import consensus_neighbours, neighbour_metrics, normalize, retrieval_metrics
-
-
-class _Ridge:
-    """Ridge regressions y ~ x sharing one Gram matrix across several alphas (centred data)."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
-        x64, y64 = x.astype(np.float64), y.astype(np.float64)
-        self.gram, self.cross = x64.T @ x64, x64.T @ y64
-
-    def solve(self, alpha: float) -> np.ndarray:
-        eye = np.eye(self.gram.shape[0])
-        return np.linalg.solve(self.gram + alpha * eye, self.cross).astype(np.float32)
 
 
 def fold_indices(n: int, labels: np.ndarray | None, folds: int, seed: int) -> list[np.ndarray]:
@@ -85,8 +74,8 @@ class Adjoint(Adapter):
             alpha, t = max(scores, key=scores.get)
         else:  # too few pairs to hold any out
             alpha, t = 1.0, 1.0
-        self.adjoint = _Ridge(oc, wc).solve(alpha)  # G: old -> new
-        self.direct = _Ridge(wc, oc).solve(alpha)  # F: new -> old
+        self.adjoint = RidgeSolver(oc, wc).solve(alpha)  # G: old -> new
+        self.direct = RidgeSolver(wc, oc).solve(alpha)  # F: new -> old
         self.blend = np.array([t], dtype=np.float32)
         progress(1.0, f"adjoint: alpha={alpha:g} t={t:g}")
         return FitReport(method=self.name, steps=1, notes={
@@ -107,7 +96,7 @@ class Adjoint(Adapter):
             held = held[: int(self.params["max_fold_eval"])]
             gallery = oc[held] + self.mu_old
             neighbours = None if labels is not None else consensus_neighbours(gallery, wc[held] + self.mu_new)
-            old_to_new, new_to_old = _Ridge(oc[fit], wc[fit]), _Ridge(wc[fit], oc[fit])
+            old_to_new, new_to_old = RidgeSolver(oc[fit], wc[fit]), RidgeSolver(wc[fit], oc[fit])
             for alpha in self.params["alphas"]:
                 g, d = old_to_new.solve(alpha), new_to_old.solve(alpha)
                 for t in self.params["blends"]:

@@ -14,13 +14,28 @@ from adapters.base import Adapter, FitReport, ProgressFn, as_matrix
 from adapters.metrics import normalize
 
 
+class RidgeSolver:
+    """Ridge regressions y ~ x W of centred data for several alphas from one Gram matrix (float64)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        self.gram, self.cross = x64.T @ x64, x64.T @ y64
+
+    def solve(self, alpha: float) -> np.ndarray:
+        return np.linalg.solve(self.gram + alpha * np.eye(self.gram.shape[0]), self.cross).astype(np.float32)
+
+
+def centred_solver(x: np.ndarray, y: np.ndarray) -> tuple[RidgeSolver, np.ndarray, np.ndarray]:
+    """A solver for y ~ x W + b (b unpenalised, obtained by centring) and the two means."""
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    return RidgeSolver(x - mx, y - my), mx, my
+
+
 def ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """(W, b) of ridge regression y ~ x W + b, in float64 for stability."""
-    mx, my = x.mean(axis=0), y.mean(axis=0)
-    xc, yc = (x - mx).astype(np.float64), (y - my).astype(np.float64)
-    gram = xc.T @ xc + alpha * np.eye(x.shape[1])
-    w = np.linalg.solve(gram, xc.T @ yc)
-    return w.astype(np.float32), (my - mx @ w).astype(np.float32)
+    solver, mx, my = centred_solver(x, y)
+    w = solver.solve(alpha)
+    return w, (my - mx @ w).astype(np.float32)
 
 
 def cosine_error(pred: np.ndarray, target: np.ndarray) -> float:
@@ -42,9 +57,10 @@ class Affine(Adapter):
         if len(alphas) > 1 and n_val >= 10:
             perm = np.random.default_rng(seed).permutation(len(o))
             val, fit = perm[:n_val], perm[n_val:]
+            solver, mx, my = centred_solver(w[fit], o[fit])  # one Gram matrix for every alpha
             for i, alpha in enumerate(alphas):
-                weights, bias = ridge(w[fit], o[fit], alpha)
-                errors[alpha] = cosine_error(w[val] @ weights + bias, o[val])
+                weights = solver.solve(alpha)
+                errors[alpha] = cosine_error(w[val] @ weights + (my - mx @ weights), o[val])
                 progress((i + 1) / (len(alphas) + 1), f"affine: alpha={alpha:g} val error {errors[alpha]:.4f}")
             alpha = min(errors, key=errors.get)
         else:

@@ -16,12 +16,16 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def load_rows(directory: Path = RESULTS) -> list[dict]:
+def load_results(directory: Path = RESULTS) -> dict[str, dict]:
+    """Every serving run on disk, by file name."""
+    return {path.name: json.loads(path.read_text()) for path in sorted(directory.glob("serving_*.json"))}
+
+
+def load_rows(results: dict[str, dict]) -> list[dict]:
     rows = []
-    for path in sorted(directory.glob("serving_*.json")):
-        result = json.loads(path.read_text())
+    for name, result in results.items():
         for row in result["rows"]:
-            rows.append({**row, "n": result["n"], "dim": result["dim"], "file": path.name,
+            rows.append({**row, "n": result["n"], "dim": result["dim"], "file": name,
                          "client": result.get("client", "httpx"),
                          "settled": result.get("waits_for_index_builds", False),
                          })
@@ -78,23 +82,23 @@ def throughput_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def restart_lines(directory: Path = RESULTS) -> str:
+def restart_lines(results: dict[str, dict]) -> str:
     out = []
-    for path in sorted(directory.glob("serving_*.json")):
-        result = json.loads(path.read_text())
+    for name, result in results.items():
         kinds = "+".join(r["kind"] for r in result["rows"])
-        out.append(f"- {path.name} ({kinds}): {result.get('restart_from_snapshots_s')} s from snapshots, "
+        out.append(f"- {name} ({kinds}): {result.get('restart_from_snapshots_s')} s from snapshots, "
                    f"{result.get('restart_rebuild_from_database_s')} s rebuilding every index from the database")
     return "\n".join(out)
 
 
 def main() -> None:
-    rows = load_rows()
+    results = load_results()
+    rows = load_rows(results)
     print(latency_table(rows))
     print()
     print(throughput_table(rows))
     print()
-    print(restart_lines())
+    print(restart_lines(results))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ import numpy as np
 from index.backend import IndexSpec, Metric, SearchResult
 
 _DEAD_COMPACT_FRACTION = 0.2
-_INDEX_MEMBER = "index.faiss"
 _DEAD_COMPACT_MIN = 1_000
+_INDEX_MEMBER = "index.faiss"  # the snapshot zip member FAISS streams the index into
 
 
 def _faiss_metric(metric: Metric) -> int:
