@@ -20,7 +20,7 @@ per-query scale do not change the ranking, so z is searched by cosine like any o
 on each held-out fold -- with labels, folds hold out whole classes and relevance is the label
 (labels are used for this choice only); without, relevance is the consensus neighbourhood (an
 item's neighbours under both models), which keeps the blend balanced between the two geometries
-(the new model's clusters, which `auto` ranks methods by, pushed t to 1 and cost top-1 on
+(ranking blends by clusters of the new model's embeddings instead pushed t to 1 and cost top-1 on
 WordNet: docs/adapters.md) -- then G and F are refitted on all pairs.
 Forward map (old -> new, for old-model queries against re-embedded items): G itself.
 Cost: one d x d Gram matrix per direction and fold (O(n d^2)), one d x d solve per alpha; the

@@ -86,8 +86,17 @@ def baseline_rows(test: EvalSet) -> dict[str, dict[str, float]]:
 def method_row(adapter: Adapter, test: EvalSet, rows: dict[str, dict[str, float]]) -> dict[str, Any]:
     """new/old through `adapter`, with its ECC verdict and the share of the gap it closes."""
     queries = adapter.transform(test.new, test.old if adapter.needs_old_query else None)
+    row = queries_row(queries, test, rows, pairing=not adapter.needs_old_query)
+    row["fit_seconds"] = adapter.report.fit_seconds if adapter.report else 0.0
+    return row
+
+
+def queries_row(queries: np.ndarray, test: EvalSet, rows: dict[str, dict[str, float]],
+                pairing: bool = True) -> dict[str, Any]:
+    """new/old for queries already mapped into the old space (row i = test item i), with the ECC
+    verdict and gap closed -- the part of `method_row` that does not need the adapter itself."""
     cross = _row(test.metrics(queries, test.old))
-    if test.labels is None and not adapter.needs_old_query:
+    if test.labels is None and pairing:
         cross.update(pairing_metrics(queries, test.old).as_dict())
     old_old, new_new = rows["old/old"][PRIMARY], rows["new/new"][PRIMARY]
     return {
@@ -95,7 +104,6 @@ def method_row(adapter: Adapter, test: EvalSet, rows: dict[str, dict[str, float]
         "ecc": passes_ecc(cross[PRIMARY], old_old),
         "ecc_top1": passes_ecc(cross["top1"], rows["old/old"]["top1"]),
         "gap_closed": gap_closed(cross[PRIMARY], old_old, new_new),
-        "fit_seconds": adapter.report.fit_seconds if adapter.report else 0.0,
     }
 
 

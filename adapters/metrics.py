@@ -177,11 +177,11 @@ def consensus_neighbours(old: np.ndarray, new: np.ndarray, k: int = 10, chunk: i
 def cluster_labels(x: np.ndarray, items_per_cluster: int = 20, seed: int = 0) -> np.ndarray:
     """Pseudo-labels for choosing between maps without labels: spherical k-means clusters.
 
-    Called on the *new* model's embeddings: a map whose new->old search retrieves the query's
-    new-model cluster mates reproduces the category-like structure the upgrade is for. Item-level
-    neighbourhoods do not work for this choice: consensus neighbours are old-model neighbours by
-    construction, so they reward mapping a query onto its own old vector (Procrustes) over maps that
-    rank the gallery as the new model would (docs/adapters.md shows both against true labels).
+    `auto` calls it on the joint embeddings [normalize(old), normalize(new)]: groups both models
+    agree on, the category-like structure a good map should retrieve. Item-level neighbourhoods do
+    not work for this choice: consensus neighbours are old-model neighbours by construction, so
+    they reward mapping a query onto its own old vector (Procrustes) over maps that rank the
+    gallery as the new model would (docs/adapters.md shows both against true labels).
     """
     import faiss  # the project's vector library; imported here so metrics stay light to import
 

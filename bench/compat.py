@@ -3,6 +3,7 @@
     python -m bench.compat                       # all pairs, seeds 0 and 1, both splits
     python -m bench.compat --pairs minilm:mpnet --seeds 0
     python -m bench.compat --modes "no labels" --merge   # rerun one mode, keep the other's runs
+    python -m bench.compat --dataset wordnet-20k --items 4300   # the confirmation set (see below)
 
 For each encoder pair (old -> new) on ../shared/data/wordnet-4k, each training mode (with labels /
 without labels -- test relevance is always "same WordNet category") and each split:
@@ -10,8 +11,13 @@ without labels -- test relevance is always "same WordNet category") and each spl
 - class-disjoint split (fit on the items of half the categories, test on the others; the same
   seeds): the honest test of generalisation to content the pairs never covered.
 it runs the evaluate engine with `--method auto` (every method fitted on the training half; auto
-chooses on held-out training pairs) and records every method's new/old numbers. Writes
+chooses by out-of-fold scores on the training pairs) and records every method's new/old numbers. Writes
 bench/results/compat.json and bench/results/compat.md (the table in README).
+
+`--dataset wordnet-20k --items N` runs the same protocol on N items drawn at random from the 20,000
+WordNet-20k definitions (disjoint from WordNet-4k, natural category sizes rather than <= 100 per
+category): a second labelled set on which to confirm choices made while looking at WordNet-4k.
+It writes bench/results/compat_wordnet-20k.{json,md}.
 """
 
 from __future__ import annotations
@@ -26,16 +32,23 @@ import numpy as np
 from service.evaluate_cli import _jsonable, build_report
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "wordnet-4k"
+DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
 PAIRS = ["minilm:mpnet", "minilm:e5", "static64:minilm", "mpnet:minilm"]
 BASELINES = ("procrustes", "affine")
 
 
-def load_wordnet() -> tuple[dict[str, np.ndarray], np.ndarray]:
-    labels = np.array([json.loads(line)["label"] for line in (DATA / "items.jsonl").open()])
-    vectors = {m: np.load(DATA / f"text_{m}.npy").astype(np.float32) for m in ("static64", "minilm", "e5", "mpnet")}
-    return vectors, labels
+def load_wordnet(dataset: str = "wordnet-4k", items: int | None = None,
+                 seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every model's vectors and the category labels; `items` draws that many rows at random."""
+    folder = DATA / dataset
+    labels = np.array([json.loads(line)["label"] for line in (folder / "items.jsonl").open()])
+    rows = np.arange(len(labels))
+    if items is not None and items < len(labels):
+        rows = np.sort(np.random.default_rng(seed).choice(len(labels), size=items, replace=False))
+    vectors = {m: np.load(folder / f"text_{m}.npy")[rows].astype(np.float32)
+               for m in ("static64", "minilm", "e5", "mpnet")}
+    return vectors, labels[rows]
 
 
 def stratified_half(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +73,9 @@ def class_disjoint(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
 MODES = ("labels", "no labels")
 
 
-def run(pairs: list[str], seeds: list[int], log, modes: tuple[str, ...] = MODES) -> list[dict]:
-    vectors, labels = load_wordnet()
+def run(pairs: list[str], seeds: list[int], log, modes: tuple[str, ...] = MODES,
+        dataset: str = "wordnet-4k", items: int | None = None) -> list[dict]:
+    vectors, labels = load_wordnet(dataset, items)
     splits = [(split, s) for split in ("stratified", "class-disjoint") for s in seeds]
     runs = []
     for pair in pairs:
@@ -101,7 +115,8 @@ def summarise(runs: list[dict]) -> list[dict]:
             return float(np.mean([get(rep) for rep in reports]))
 
         methods = list(reports[0]["methods"])
-        row = {"pair": pair, "split": split, "mode": mode, "seeds": len(reports)}
+        row = {"pair": pair, "split": split, "mode": mode, "seeds": len(reports),
+               "train_pairs": mean(lambda rep: rep["train_pairs"])}
         for key in ("old/old", "new/new", "new/old raw"):
             row[key] = {m: mean(lambda rep, k=key, m=m: rep["rows"][k][m]) for m in ("top1", "mAP@R")}
         row["methods"] = {
@@ -156,7 +171,8 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         for n, m in r["methods"].items():
             fit.setdefault(n, []).append(m["fit_seconds"])
-    lines += ["", "Mean fit time per method (s, ~2,150 pairs, 2 CPU cores): "
+    pairs = np.mean([r["train_pairs"] for r in rows])
+    lines += ["", f"Mean fit time per method (s, ~{pairs:,.0f} training pairs, 2 CPU cores): "
               + ", ".join(f"{n} {np.mean(v):.1f}" for n, v in fit.items())]
     return "\n".join(lines) + "\n"
 
@@ -166,13 +182,19 @@ def main() -> None:
     parser.add_argument("--pairs", default=",".join(PAIRS))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--modes", default=",".join(MODES), help='"labels", "no labels" or both (comma-separated)')
-    parser.add_argument("--out", type=Path, default=RESULTS / "compat.json")
+    parser.add_argument("--dataset", default="wordnet-4k", choices=["wordnet-4k", "wordnet-20k"])
+    parser.add_argument("--items", type=int, default=None, help="draw this many items at random (wordnet-20k)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/compat.json (wordnet-4k) or compat_<dataset>.json")
     parser.add_argument("--merge", action="store_true",
                         help="replace only the runs made now in an existing --out file (e.g. after a change that "
                              "affects one training mode) and summarise all of them")
     args = parser.parse_args()
     modes = tuple(m.strip() for m in args.modes.split(","))
-    runs = run(args.pairs.split(","), [int(s) for s in args.seeds.split(",")], lambda m: print(m, flush=True), modes)
+    if args.out is None:
+        args.out = RESULTS / ("compat.json" if args.dataset == "wordnet-4k" else f"compat_{args.dataset}.json")
+    runs = run(args.pairs.split(","), [int(s) for s in args.seeds.split(",")], lambda m: print(m, flush=True), modes,
+               args.dataset, args.items)
     if args.merge and args.out.exists():
         made = {(r["pair"], r["split"], r["seed"], r["mode"]) for r in runs}
         kept = [r for r in json.loads(args.out.read_text())["runs"]

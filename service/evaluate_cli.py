@@ -126,9 +126,14 @@ def build_report(data: dict[str, Any], method: str, seed: int, progress,
         auto = fit("auto")
         selected = auto.report.notes["selected"]
         fitted[selected] = auto.chosen
-        selection = {k: auto.report.notes[k] for k in ("selected_passes_ecc", "holdout_size", "holdout_relevance")}
+        notes = auto.report.notes
+        selection = {k: notes[k] for k in ("selected_passes_ecc", "holdout_size", "holdout_unseen",
+                                            "holdout_relevance")}
+        selection["auto_fit_seconds"] = auto.report.fit_seconds  # candidates out-of-fold + the refit
         selection["holdout_candidates"] = {
-            name: {"new/old": r["new/old"], "ecc": r["ecc"]} for name, r in auto.report.notes["candidates"].items()
+            name: {k: r[k] for k in ("new/old", "ecc", "rank_score", "unseen_mAP@R", "seen_mAP@R",
+                                     "selection_mAP@R") if k in r}
+            for name, r in notes["candidates"].items()
         }
     for name in names:
         adapter = fitted.get(name) or fit(name)

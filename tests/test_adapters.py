@@ -136,24 +136,82 @@ def test_auto_reports_every_candidate_and_chooses_one_that_passes(wordnet) -> No
     report = auto.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0)
     notes = report.notes
     assert set(notes["candidates"]) == {"procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"}
+    # ~240 training pairs < min_eval_items: every pair is scored out-of-fold; 6 of 12 classes unseen
+    assert notes["holdout_size"] == len(wordnet["old"]) and notes["holdout_unseen"] == len(wordnet["old"]) // 2
     chosen = notes["selected"]
     passing = [n for n, r in notes["candidates"].items() if r["ecc"]]
     if passing:
         assert chosen in passing and notes["selected_passes_ecc"]
-        best = max(notes["candidates"][n]["new/old"]["mAP@R"] for n in passing)
-        assert notes["candidates"][chosen]["new/old"]["mAP@R"] == best
+        assert notes["candidates"][chosen]["rank_score"] == max(notes["candidates"][n]["rank_score"] for n in passing)
+    for name, r in notes["candidates"].items():  # ranked by the worse of the two parts, relative to the best
+        expected = min(r["unseen_mAP@R"] / max(c["unseen_mAP@R"] for c in notes["candidates"].values()),
+                       r["seen_mAP@R"] / max(c["seen_mAP@R"] for c in notes["candidates"].values()))
+        assert r["rank_score"] == pytest.approx(expected), name
     assert auto.transform(wordnet["test"].new[:5]).shape == (5, 384)
 
 
-def test_auto_without_labels_ranks_by_the_new_models_clusters(wordnet) -> None:
+def test_auto_without_labels_ranks_by_clusters_both_models_agree_on(wordnet) -> None:
     auto = create("auto", **fast_params("auto"))
     notes = auto.fit(wordnet["old"], wordnet["new"], None, seed=0).notes
     assert notes["holdout_relevance"] == "consensus-neighbours"  # the ECC verdicts stay neutral
+    assert notes["holdout_unseen"] == 0
     ranked = {n: r["selection_mAP@R"] for n, r in notes["candidates"].items()}
     passing = [n for n, r in notes["candidates"].items() if r["ecc"]]
     assert notes["selected"] == max(passing or ranked, key=ranked.get)
     assert notes["selected_passes_ecc"] == bool(passing)
     assert len(set(ranked.values())) > 1, "the clusters must tell the candidates apart"
+
+
+def test_auto_can_rank_by_one_part_for_callers_who_know_their_categories(wordnet) -> None:
+    closed_form = ["procrustes", "affine", "adjoint"]
+    auto = create("auto", methods=closed_form, rank_by="seen")
+    notes = auto.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0).notes
+    for r in notes["candidates"].values():
+        assert r["rank_score"] == r["seen_mAP@R"]
+    with pytest.raises(ValueError, match="rank_by"):  # refused at creation: the service answers 422
+        create("auto", rank_by="best")
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_selection_folds_partition_the_pairs(wordnet, with_labels) -> None:
+    from adapters.auto import selection_folds
+
+    labels = wordnet["labels"] if with_labels else None
+    parts, unseen = selection_folds(len(wordnet["old"]), labels, 3, seed=4)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(wordnet["old"])))
+    if not with_labels:
+        assert not unseen.any()
+        return
+    fold_of = np.empty(len(unseen), dtype=int)
+    for f, p in enumerate(parts):
+        fold_of[p] = f
+    for c in np.unique(labels):
+        members = labels == c
+        assert unseen[members].all() or not unseen[members].any()
+        if unseen[members].all():  # an unseen class lies wholly in one fold: its maps never saw it
+            assert len(np.unique(fold_of[members])) == 1
+        else:  # a seen class is spread over every fold
+            assert len(np.unique(fold_of[members])) == 3
+    assert len(np.unique(labels[unseen])) == len(np.unique(labels)) // 2
+    again, _ = selection_folds(len(wordnet["old"]), labels, 3, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_out_of_fold_queries_come_from_maps_that_never_saw_the_pair(wordnet) -> None:
+    from adapters.auto import Auto, out_of_fold, selection_folds
+
+    old, new, labels = wordnet["old"], wordnet["new"], wordnet["labels"]
+    params = {**Auto.default_params(), "min_eval_items": 1}  # stop after the first fold
+    oof = out_of_fold(["procrustes"], old, new, labels, params, seed=3, progress=lambda f, m: None)
+    parts, unseen = selection_folds(len(old), labels, 3, seed=3)
+    np.testing.assert_array_equal(oof.pool, parts[0])
+    np.testing.assert_array_equal(oof.unseen, unseen[parts[0]])
+    rest = np.setdiff1d(np.arange(len(old)), parts[0])
+    alone = Procrustes()
+    alone.fit(old[rest], new[rest])
+    np.testing.assert_allclose(oof.queries["procrustes"], alone.transform(new[parts[0]]), atol=1e-5)
+    capped = out_of_fold(["procrustes"], old, new, labels, {**params, "max_eval_items": 30}, 3, lambda f, m: None)
+    assert len(capped.pool) == 30 and set(capped.pool) <= set(parts[0])
 
 
 def test_cluster_labels_find_separated_groups() -> None:
