@@ -1,0 +1,100 @@
+"""Replay `auto`'s choice under other ranking rules, from a compat run's stored out-of-fold scores.
+
+    python -m bench.select_replay                               # both compat results files
+    python -m bench.select_replay bench/results/compat.json
+
+Why: a compat run takes ~40 min, but the choice is the only thing a ranking rule changes. Each run
+in compat.json stores every candidate's out-of-fold scores (pool mAP@R and ECC verdict; with
+labels also mAP@R on the unseen and seen parts), and the chosen method is refitted with the same
+seed and parameters as that method's own row, so replaying a rule over the stored scores gives
+exactly the compat table that rule would produce. Prints, per rule, in how many rows `auto` would
+meet issue #3's bar (beat both closed-form baselines on top-1 and mAP@R, mean of seeds, and pass
+the ECC in every seed where some method does), and what it would pick. Labelled runs only for the
+part-based rules; label-free runs are ranked by the stored cluster score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.compat import RESULTS, summarise
+
+Scores = dict[str, dict]
+Rule = Callable[[Scores], dict[str, float]]
+
+
+def _relative(scores: Scores, key: str) -> dict[str, float]:
+    best = max(s[key] for s in scores.values())
+    return {name: s[key] / best if best > 0 else 0.0 for name, s in scores.items()}
+
+
+def _ties(eps: float) -> Rule:
+    """Unseen part first; candidates within `eps` of the best there are ordered by the seen part."""
+    def rule(scores: Scores) -> dict[str, float]:
+        unseen = _relative(scores, "unseen_mAP@R")
+        return {n: float(unseen[n] >= 1 - eps) + 1e-3 * s["seen_mAP@R"] for n, s in scores.items()}
+    return rule
+
+
+def _weighted(w: float) -> Rule:
+    def rule(scores: Scores) -> dict[str, float]:
+        unseen, seen = _relative(scores, "unseen_mAP@R"), _relative(scores, "seen_mAP@R")
+        return {n: w * unseen[n] + (1 - w) * seen[n] for n in scores}
+    return rule
+
+
+LABELLED_RULES: dict[str, Rule] = {
+    "worse part (current)": lambda s: {n: min(_relative(s, "unseen_mAP@R")[n], _relative(s, "seen_mAP@R")[n])
+                                       for n in s},
+    "unseen only": lambda s: {n: v["unseen_mAP@R"] for n, v in s.items()},
+    "whole pool": lambda s: {n: v["new/old"]["mAP@R"] for n, v in s.items()},
+    "unseen, ties 2 %": _ties(0.02),
+    "unseen, ties 5 %": _ties(0.05),
+    "mean of parts": _weighted(0.5),
+    "0.75 unseen": _weighted(0.75),
+    "always adjoint": lambda s: {n: float(n == "adjoint") for n in s},
+}
+
+
+def replay(runs: list[dict], rule: Rule) -> list[dict]:
+    """The runs with `selected` replaced by what `rule` picks (ECC-passing candidates first)."""
+    out = copy.deepcopy(runs)
+    for run in out:
+        scores = run["report"]["selection"]["holdout_candidates"]
+        ranking = rule(scores)
+        passing = [n for n, s in scores.items() if s["ecc"]]
+        run["report"]["selected"] = max(passing or scores, key=ranking.get)
+    return out
+
+
+def bar_met(row: dict) -> bool:
+    ecc_possible = max(m["ecc_rate"] for n, m in row["methods"].items() if n != "slerp")
+    return row["auto_beats_baselines"] and row["auto"]["ecc_rate"] >= ecc_possible
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", type=Path,
+                        default=[RESULTS / "compat.json", RESULTS / "compat_wordnet-20k.json"])
+    args = parser.parse_args()
+    for path in args.files:
+        if not path.exists():
+            print(f"{path}: missing (run bench.compat first)")
+            continue
+        runs = [r for r in json.loads(path.read_text())["runs"] if r["mode"] == "labels"]
+        if not runs or "unseen_mAP@R" not in next(iter(runs[0]["report"]["selection"]["holdout_candidates"].values())):
+            print(f"{path}: no labelled runs with per-part scores (made before out-of-fold selection)")
+            continue
+        print(f"\n{path.name}: labelled rows meeting the bar, and the picks (row order of the compat table)")
+        for name, rule in LABELLED_RULES.items():
+            rows = summarise(replay(runs, rule))
+            picks = " ".join("/".join(sorted(set(r["auto"]["selected"]))) for r in rows)
+            print(f"  {name:22s} {sum(bar_met(r) for r in rows)}/{len(rows)}   {picks}")
+
+
+if __name__ == "__main__":
+    main()

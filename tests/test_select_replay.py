@@ -1,0 +1,39 @@
+"""bench.select_replay: replaying a ranking rule over stored out-of-fold scores."""
+
+from __future__ import annotations
+
+from bench.compat import summarise
+from bench.select_replay import LABELLED_RULES, bar_met, replay
+
+METHODS = ["procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"]
+
+
+def metric(v: float) -> dict[str, float]:
+    return {"top1": v, "mAP@R": v}
+
+
+def fake_run(seed: int, test_map: dict[str, float], oof: dict[str, tuple[float, float, bool]]) -> dict:
+    """One labelled compat run: test mAP@R (= top-1 here) per method, out-of-fold (unseen, seen, ecc)."""
+    return {"pair": "a:b", "split": "class-disjoint", "seed": seed, "mode": "labels", "report": {
+        "train_pairs": 100, "selected": "procrustes",
+        "rows": {"old/old": metric(0.5), "new/new": metric(0.6), "new/old raw": metric(0.0)},
+        "methods": {m: {"new/old": metric(test_map[m]), "ecc": test_map[m] > 0.5, "fit_seconds": 1.0}
+                    for m in METHODS},
+        "selection": {"holdout_candidates": {
+            m: {"new/old": metric((u + s) / 2), "unseen_mAP@R": u, "seen_mAP@R": s, "ecc": e}
+            for m, (u, s, e) in oof.items()}},
+    }}
+
+
+def test_replay_picks_by_the_rule_among_candidates_that_pass_and_scores_the_bar() -> None:
+    test_map = {"procrustes": 0.52, "affine": 0.51, "adjoint": 0.55, "lambda_orth": 0.5, "oca": 0.52, "bt2": 0.45}
+    oof = {m: (0.30, 0.30, True) for m in METHODS}
+    oof["adjoint"] = (0.33, 0.31, True)   # best on unseen
+    oof["bt2"] = (0.31, 0.45, True)        # large seen-class lead
+    oof["oca"] = (0.40, 0.50, False)       # best everywhere but fails the ECC: never picked
+    runs = [fake_run(0, test_map, oof), fake_run(1, test_map, oof)]
+    worse = summarise(replay(runs, LABELLED_RULES["worse part (current)"]))[0]
+    unseen = summarise(replay(runs, LABELLED_RULES["unseen only"]))[0]
+    assert worse["auto"]["selected"] == ["bt2", "bt2"] and not bar_met(worse)  # 0.45 < procrustes 0.52
+    assert unseen["auto"]["selected"] == ["adjoint", "adjoint"] and bar_met(unseen)
+    assert runs[0]["report"]["selected"] == "procrustes"  # the stored runs are not modified
