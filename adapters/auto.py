@@ -93,10 +93,11 @@ def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: 
         scored.append(held)
         if sum(len(h) for h in scored) >= params["min_eval_items"]:
             break
-    rng = np.random.default_rng(seed + 1)
     cap = int(params["max_eval_items"])
-    scored = [np.sort(rng.choice(h, size=min(len(h), cap // len(scored)), replace=False)) if
-              sum(len(s) for s in scored) > cap else h for h in scored]
+    if sum(len(h) for h in scored) > cap:  # evaluate a random sample, the same share of each fold
+        rng = np.random.default_rng(seed + 1)
+        per_fold = cap // len(scored)
+        scored = [np.sort(rng.choice(h, size=min(len(h), per_fold), replace=False)) for h in scored]
     pool = np.concatenate(scored)
     order = np.argsort(pool)
     queries: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -153,12 +154,11 @@ def score_candidates(oof: OutOfFold, x_old: np.ndarray, x_new: np.ndarray, label
         for name, value in part_scores.items():
             results[name][f"{part}_mAP@R"] = value
             relative[name].append(value / best if best > 0 else 0.0)
+    pool_score = {name: r["new/old"][PRIMARY] for name, r in results.items()}  # where a part is too small
     if rank_by == "worse_part":
-        ranking = {name: min(rel) if rel else results[name]["new/old"][PRIMARY] for name, rel in relative.items()}
+        ranking = {name: min(rel) if rel else pool_score[name] for name, rel in relative.items()}
     else:
-        key = "new/old" if rank_by == "pool" else f"{rank_by}_mAP@R"
-        ranking = {name: r[key][PRIMARY] if key == "new/old" else r.get(key, r["new/old"][PRIMARY])
-                   for name, r in results.items()}
+        ranking = {name: r.get(f"{rank_by}_mAP@R", pool_score[name]) for name, r in results.items()}
     return results, ranking, test, rows
 
 
