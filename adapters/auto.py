@@ -40,7 +40,7 @@ import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
 from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, choose, queries_row
-from adapters.metrics import cluster_labels, normalize, retrieval_metrics
+from adapters.metrics import cluster_labels, gap_closed, normalize, passes_ecc, retrieval_metrics
 
 CANDIDATES = ["procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"]
 
@@ -120,46 +120,96 @@ def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: 
                      fit_seconds=seconds)
 
 
-RANK_BY = ("worse_part", "unseen", "seen", "pool")
+RANK_BY = ("worse_gain", "worse_part", "unseen", "seen", "pool")
+BASELINES = ("procrustes", "affine")  # the closed-form maps every other candidate must improve on
+PARTS = ("unseen", "seen")
 
 
-def score_candidates(oof: OutOfFold, x_old: np.ndarray, x_new: np.ndarray, labels: np.ndarray | None,
-                     seed: int, rank_by: str = "worse_part") -> tuple[dict[str, dict[str, Any]], dict[str, float],
-                                                                      EvalSet, dict]:
-    """(per-candidate rows with ECC verdicts, ranking score, the pool's EvalSet, its baseline rows).
+@dataclass
+class PoolScores:
+    """One scored pool: per-candidate rows (new/old with ECC verdict), per-part mAP@R, baseline rows."""
 
-    With labels, `rank_by` says what the ranking trusts: "worse_part" (default: the worse of the
-    unseen and seen parts, each relative to the best candidate there), "unseen" or "seen" (mAP@R on
-    that part alone: for callers who know their gallery's categories are new, or fixed), "pool"
-    (mAP@R on the whole scored pool).
-    """
+    results: dict[str, dict[str, Any]]
+    parts: dict[str, dict[str, float]]  # part -> candidate -> mAP@R (parts too small to rank by are absent)
+    rows: dict[str, dict[str, float]]
+    relevance: str
+
+
+def score_pool(oof: OutOfFold, x_old: np.ndarray, x_new: np.ndarray, labels: np.ndarray | None,
+               seed: int) -> PoolScores:
+    """Score every candidate's out-of-fold queries: the ECC verdict on the whole pool; with labels
+    mAP@R on the unseen and the seen part; without, mAP@R against joint-cluster pseudo-labels (the
+    single "selection" part)."""
     pool_labels = None if labels is None else labels[oof.pool]
     test = EvalSet(x_old[oof.pool], x_new[oof.pool], pool_labels)
     rows = baseline_rows(test)
     results = {name: {**queries_row(q, test, rows), "fit_seconds": oof.fit_seconds[name]}
                for name, q in oof.queries.items()}
+    parts: dict[str, dict[str, float]] = {}
     if labels is None:
         pseudo = cluster_labels(np.hstack([normalize(test.old), normalize(test.new)]), seed=seed)
-        for name, q in oof.queries.items():
-            results[name]["selection_mAP@R"] = retrieval_metrics(q, test.old, pseudo).mAP_at_R
-        return results, {n: r["selection_mAP@R"] for n, r in results.items()}, test, rows
-    parts = {"unseen": oof.unseen, "seen": ~oof.unseen}
-    relative: dict[str, list[float]] = {name: [] for name in results}
-    for part, mask in parts.items():
+        parts["selection"] = {name: retrieval_metrics(q, test.old, pseudo).mAP_at_R for name, q in oof.queries.items()}
+        return PoolScores(results, parts, rows, test.relevance)
+    for part, mask in zip(PARTS, (oof.unseen, ~oof.unseen), strict=True):
         if mask.sum() < 10 or len(np.unique(pool_labels[mask])) < 2:
             continue  # too small to rank by (e.g. fewer than 4 classes: nothing is unseen)
-        part_scores = {name: retrieval_metrics(q[mask], test.old[mask], pool_labels[mask]).mAP_at_R
+        parts[part] = {name: retrieval_metrics(q[mask], test.old[mask], pool_labels[mask]).mAP_at_R
                        for name, q in oof.queries.items()}
-        best = max(part_scores.values())
+    return PoolScores(results, parts, rows, test.relevance)
+
+
+def average_pools(pools: list[PoolScores]) -> PoolScores:
+    """Repeats (different unseen-class draws) merged: every score is the mean over repeats, and the
+    ECC verdict and gap closed are taken again on the means; fit seconds add up."""
+    if len(pools) == 1:
+        return pools[0]
+
+    def mean_metrics(dicts: list[dict[str, float]]) -> dict[str, float]:
+        return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]}
+
+    rows = {key: mean_metrics([p.rows[key] for p in pools]) for key in pools[0].rows}
+    old_old, new_new = rows["old/old"][PRIMARY], rows["new/new"][PRIMARY]
+    results = {}
+    for name in pools[0].results:
+        cross = mean_metrics([p.results[name]["new/old"] for p in pools])
+        results[name] = {"new/old": cross, "ecc": passes_ecc(cross[PRIMARY], old_old),
+                         "ecc_top1": passes_ecc(cross["top1"], rows["old/old"]["top1"]),
+                         "gap_closed": gap_closed(cross[PRIMARY], old_old, new_new),
+                         "fit_seconds": sum(p.results[name]["fit_seconds"] for p in pools)}
+    shared = set.intersection(*(set(p.parts) for p in pools))
+    parts = {part: mean_metrics([p.parts[part] for p in pools]) for part in shared}
+    return PoolScores(results, parts, rows, pools[0].relevance)
+
+
+def rank_candidates(scores: PoolScores, rank_by: str) -> dict[str, float]:
+    """The ranking score per candidate (higher is better).
+
+    Without labels: mAP@R against the joint-cluster pseudo-labels. With labels, `rank_by`:
+    - "worse_gain" (default): the worse of the two parts' gains over the best closed-form baseline
+      on that part (score / max(procrustes, affine)). A map is chosen for being an upgrade over
+      Procrustes/ridge whether the gallery's categories are new or known. The reference is fixed:
+      one candidate's exceptional score on one part does not rescale everybody else's;
+    - "worse_part": the same with the best candidate on each part as the reference (the previous
+      default: bt2's large seen-class lead lowered every other map's seen score and made it win
+      where it was worse on unseen categories than the baselines);
+    - "unseen" / "seen": mAP@R on that part alone, for callers who know their gallery's
+      categories are new, or fixed; "pool": mAP@R on the whole scored pool.
+    A part too small to rank by is skipped; with no part left the pool score ranks.
+    """
+    pool_score = {name: r["new/old"][PRIMARY] for name, r in scores.results.items()}
+    if "selection" in scores.parts:
+        return dict(scores.parts["selection"])
+    if rank_by in PARTS:
+        return dict(scores.parts.get(rank_by, pool_score))
+    if rank_by == "pool" or not scores.parts:
+        return pool_score
+    relative: dict[str, list[float]] = {name: [] for name in scores.results}
+    for part_scores in scores.parts.values():
+        baselines = [part_scores[b] for b in BASELINES if b in part_scores]
+        reference = max(baselines) if rank_by == "worse_gain" and baselines else max(part_scores.values())
         for name, value in part_scores.items():
-            results[name][f"{part}_mAP@R"] = value
-            relative[name].append(value / best if best > 0 else 0.0)
-    pool_score = {name: r["new/old"][PRIMARY] for name, r in results.items()}  # where a part is too small
-    if rank_by == "worse_part":
-        ranking = {name: min(rel) if rel else pool_score[name] for name, rel in relative.items()}
-    else:
-        ranking = {name: r.get(f"{rank_by}_mAP@R", pool_score[name]) for name, r in results.items()}
-    return results, ranking, test, rows
+            relative[name].append(value / reference if reference > 0 else 0.0)
+    return {name: min(rel) for name, rel in relative.items()}
 
 
 class Auto(Adapter):
@@ -174,15 +224,29 @@ class Auto(Adapter):
     @classmethod
     def default_params(cls) -> dict:
         return {"methods": list(CANDIDATES), "folds": 3, "min_eval_items": 2_000, "max_eval_items": 5_000,
-                "rank_by": "worse_part", "method_params": {}}
+                "repeats": 3, "rank_by": "worse_gain", "method_params": {}}
 
     def _fit(self, x_old, x_new, labels, seed, progress: ProgressFn) -> FitReport:
         from adapters.registry import create
 
         names = [m for m in self.params["methods"] if m not in {"auto", "slerp"}]
-        oof = out_of_fold(names, x_old, x_new, labels, self.params, seed,
-                          lambda f, m: progress(0.75 * f, f"auto: {m}"))
-        results, ranking, test, rows = score_candidates(oof, x_old, x_new, labels, seed, self.params["rank_by"])
+        # with labels the fold draw decides which classes are unseen, and with few classes that draw
+        # dominates the unseen part's score: repeat it and average (without labels, one draw)
+        repeats = 1
+        if labels is not None and len(np.unique(labels)) >= 4:  # fewer classes: nothing is held out whole
+            repeats = max(1, int(self.params["repeats"]))
+        pools = []
+        for r in range(repeats):
+            def sub(f: float, m: str, r: int = r) -> None:
+                progress(0.75 * (r + f) / repeats, f"auto: draw {r + 1}/{repeats}: {m}")
+
+            oof = out_of_fold(names, x_old, x_new, labels, self.params, seed + r, sub)
+            pools.append(score_pool(oof, x_old, x_new, labels, seed + r))
+        scores = average_pools(pools)
+        results, ranking = scores.results, rank_candidates(scores, self.params["rank_by"])
+        for part, part_scores in scores.parts.items():
+            for name, value in part_scores.items():
+                results[name][f"{part}_mAP@R"] = value
         for name, score in ranking.items():
             results[name]["rank_score"] = score
         chosen = choose(results, ranking)
@@ -197,10 +261,10 @@ class Auto(Adapter):
             method=self.name,
             steps=inner.steps,
             curve=inner.curve,
-            notes={"selected": chosen, "selected_passes_ecc": passed, "holdout_rows": rows,
-                   "candidates": results, "holdout_size": len(oof.pool),
-                   "holdout_unseen": int(oof.unseen.sum()),
-                   "holdout_relevance": test.relevance, "selected_report": inner.as_dict()},
+            notes={"selected": chosen, "selected_passes_ecc": passed, "holdout_rows": scores.rows,
+                   "candidates": results, "holdout_size": len(oof.pool), "holdout_unseen": int(oof.unseen.sum()),
+                   "selection_repeats": repeats, "rank_by": self.params["rank_by"] if labels is not None else "clusters",
+                   "holdout_relevance": scores.relevance, "selected_report": inner.as_dict()},
         )
 
     def transform(self, x_new: np.ndarray, x_old: np.ndarray | None = None) -> np.ndarray:
