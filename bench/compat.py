@@ -39,14 +39,23 @@ PAIRS = ["minilm:mpnet", "minilm:e5", "static64:minilm", "mpnet:minilm"]
 BASELINES = ("procrustes", "affine")
 
 
-def load_wordnet(dataset: str = "wordnet-4k", items: int | None = None,
-                 seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every model's vectors and the category labels; `items` draws that many rows at random."""
+def load_wordnet(dataset: str = "wordnet-4k", items: int | None = None, seed: int = 0,
+                 draw: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every model's vectors and the category labels; `items` draws that many rows at random.
+
+    `draw` k > 0 takes the k-th sample disjoint from draws 0..k-1 (a fresh confirmation set once
+    an earlier draw has been looked at); draw 0 is the sample earlier results were made on.
+    """
     folder = DATA / dataset
     labels = np.array([json.loads(line)["label"] for line in (folder / "items.jsonl").open()])
     rows = np.arange(len(labels))
     if items is not None and items < len(labels):
-        rows = np.sort(np.random.default_rng(seed).choice(len(labels), size=items, replace=False))
+        left = np.arange(len(labels))
+        for k in range(draw + 1):
+            if items > len(left):
+                raise ValueError(f"{dataset}: draw {draw} of {items} items needs {items * (draw + 1)} rows")
+            rows = np.sort(np.random.default_rng(seed + k).choice(left, size=items, replace=False))
+            left = np.setdiff1d(left, rows)
     vectors = {m: np.load(folder / f"text_{m}.npy")[rows].astype(np.float32)
                for m in ("static64", "minilm", "e5", "mpnet")}
     return vectors, labels[rows]
@@ -75,8 +84,8 @@ MODES = ("labels", "no labels")
 
 
 def run(pairs: list[str], seeds: list[int], log, modes: tuple[str, ...] = MODES,
-        dataset: str = "wordnet-4k", items: int | None = None) -> list[dict]:
-    vectors, labels = load_wordnet(dataset, items)
+        dataset: str = "wordnet-4k", items: int | None = None, draw: int = 0) -> list[dict]:
+    vectors, labels = load_wordnet(dataset, items, draw=draw)
     splits = [(split, s) for split in ("stratified", "class-disjoint") for s in seeds]
     runs = []
     for pair in pairs:
@@ -193,6 +202,8 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help='"labels", "no labels" or both (comma-separated)')
     parser.add_argument("--dataset", default="wordnet-4k", choices=["wordnet-4k", "wordnet-20k"])
     parser.add_argument("--items", type=int, default=None, help="draw this many items at random (wordnet-20k)")
+    parser.add_argument("--draw", type=int, default=0,
+                        help="with --items: the k-th sample, disjoint from draws 0..k-1 (a fresh confirmation set)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default bench/results/compat.json (wordnet-4k) or compat_<dataset>.json")
     parser.add_argument("--summarise-only", action="store_true",
@@ -203,12 +214,13 @@ def main() -> None:
     args = parser.parse_args()
     modes = tuple(m.strip() for m in args.modes.split(","))
     if args.out is None:
-        args.out = RESULTS / ("compat.json" if args.dataset == "wordnet-4k" else f"compat_{args.dataset}.json")
+        suffix = f"_draw{args.draw}" if args.draw else ""
+        args.out = RESULTS / ("compat.json" if args.dataset == "wordnet-4k" else f"compat_{args.dataset}{suffix}.json")
     if args.summarise_only:
         runs = json.loads(args.out.read_text())["runs"]
     else:
         runs = run(args.pairs.split(","), [int(s) for s in args.seeds.split(",")], lambda m: print(m, flush=True),
-                   modes, args.dataset, args.items)
+                   modes, args.dataset, args.items, args.draw)
     if args.merge and not args.summarise_only and args.out.exists():
         made = {(r["pair"], r["split"], r["seed"], r["mode"]) for r in runs}
         kept = [r for r in json.loads(args.out.read_text())["runs"]
