@@ -1,6 +1,6 @@
 """Replay `auto`'s choice under other ranking rules, from a compat run's stored out-of-fold scores.
 
-    python -m bench.select_replay                               # both compat results files
+    python -m bench.select_replay                               # every compat results file
     python -m bench.select_replay bench/results/compat.json
 
 Why: a compat run takes ~40 min, but the choice is the only thing a ranking rule changes. Each run
@@ -80,7 +80,8 @@ def replay(runs: list[dict], rule: Rule) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", type=Path,
-                        default=[RESULTS / "compat.json", RESULTS / "compat_wordnet-20k.json"])
+                        default=[RESULTS / "compat.json", RESULTS / "compat_wordnet-20k.json",
+                                 RESULTS / "compat_wordnet-20k_draw1.json"])
     args = parser.parse_args()
     for path in args.files:
         if not path.exists():
