@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
-from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, choose, queries_row
-from adapters.metrics import cluster_labels, gap_closed, normalize, passes_ecc, retrieval_metrics
+from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, choose, cross_row, queries_row
+from adapters.metrics import cluster_labels, normalize, retrieval_metrics
 
 CANDIDATES = ["procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"]
 
@@ -176,14 +176,9 @@ def average_pools(pools: list[PoolScores]) -> PoolScores:
         return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]}
 
     rows = {key: mean_metrics([p.rows[key] for p in pools]) for key in pools[0].rows}
-    old_old, new_new = rows["old/old"][PRIMARY], rows["new/new"][PRIMARY]
-    results = {}
-    for name in pools[0].results:
-        cross = mean_metrics([p.results[name]["new/old"] for p in pools])
-        results[name] = {"new/old": cross, "ecc": passes_ecc(cross[PRIMARY], old_old),
-                         "ecc_top1": passes_ecc(cross["top1"], rows["old/old"]["top1"]),
-                         "gap_closed": gap_closed(cross[PRIMARY], old_old, new_new),
-                         "fit_seconds": sum(p.results[name]["fit_seconds"] for p in pools)}
+    results = {name: {**cross_row(mean_metrics([p.results[name]["new/old"] for p in pools]), rows),
+                      "fit_seconds": sum(p.results[name]["fit_seconds"] for p in pools)}
+               for name in pools[0].results}
     shared = set.intersection(*(set(p.parts) for p in pools))
     parts = {part: mean_metrics([p.parts[part] for p in pools]) for part in shared}
     return PoolScores(results, parts, rows, pools[0].relevance)

@@ -98,6 +98,12 @@ def queries_row(queries: np.ndarray, test: EvalSet, rows: dict[str, dict[str, fl
     cross = _row(test.metrics(queries, test.old))
     if test.labels is None and pairing:
         cross.update(pairing_metrics(queries, test.old).as_dict())
+    return cross_row(cross, rows)
+
+
+def cross_row(cross: dict[str, float], rows: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """new/old metrics with their ECC verdicts and gap closed against the baseline rows (also used
+    on metrics averaged over several evaluations, where the verdict must be taken on the means)."""
     old_old, new_new = rows["old/old"][PRIMARY], rows["new/new"][PRIMARY]
     return {
         "new/old": cross,

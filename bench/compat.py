@@ -18,7 +18,8 @@ bench/results/compat.json and bench/results/compat.md (the table in README).
 `--dataset wordnet-20k --items N` runs the same protocol on N items drawn at random from the 20,000
 WordNet-20k definitions (disjoint from WordNet-4k, natural category sizes rather than <= 100 per
 category): a second labelled set on which to confirm choices made while looking at WordNet-4k.
-It writes bench/results/compat_wordnet-20k.{json,md}.
+It writes bench/results/compat_wordnet-20k.{json,md}; `--draw k` takes the k-th sample disjoint
+from the earlier ones (a fresh confirmation set) and writes compat_wordnet-20k_draw<k>.{json,md}.
 """
 
 from __future__ import annotations

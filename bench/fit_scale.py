@@ -12,7 +12,7 @@ the training pairs; to reach n they are repeated with small independent Gaussian
 copy (sigma = 0.1 x the per-dimension spread), so that no two rows are identical and every method
 does its full-size work. Fit on those; evaluate on the 4,309 *real* WordNet-4k pairs (disjoint
 items, relevance = same category) so that the quality column is a real number, not a timing
-artefact. Writes bench/results/fit_scale.json and prints a table.
+artefact. Writes bench/results/fit_scale_<n/1000>k[_labels].json and prints a table.
 """
 
 from __future__ import annotations

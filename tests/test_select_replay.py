@@ -43,7 +43,6 @@ def test_replay_picks_by_the_rule_among_candidates_that_pass_and_scores_the_bar(
     assert gain["auto"]["selected"] == ["adjoint", "adjoint"] and gain["bar_met"]
 
 
-
 def test_the_bar_needs_the_ecc_wherever_another_method_passes_it() -> None:
     """Beating both baselines is not enough when auto's pick fails the ECC and another method passes."""
     test_map = {"procrustes": 0.40, "affine": 0.41, "adjoint": 0.45, "lambda_orth": 0.51, "oca": 0.40, "bt2": 0.40}
