@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from adapters.vectors import as_matrix, check_pairs
+
 ProgressFn = Callable[[float, str], None]
 """progress(fraction in [0, 1], message) -- called during fitting; must be cheap."""
 
@@ -46,28 +48,6 @@ class FitReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def as_matrix(x: np.ndarray, name: str) -> np.ndarray:
-    """float32 (n, d) with finite values, or a ValueError naming the input."""
-    arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-d array, got shape {arr.shape}")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    return np.ascontiguousarray(arr)
-
-
-def check_pairs(x_old: np.ndarray, x_new: np.ndarray, labels: np.ndarray | None) -> tuple:
-    x_old, x_new = as_matrix(x_old, "x_old"), as_matrix(x_new, "x_new")
-    if len(x_old) != len(x_new):
-        raise ValueError(f"x_old has {len(x_old)} rows but x_new has {len(x_new)}; rows must be paired")
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (len(x_old),):
-            raise ValueError(f"labels must have shape ({len(x_old)},), got {labels.shape}")
-    return x_old, x_new, labels
 
 
 class Adapter(ABC):
@@ -133,6 +113,10 @@ class Adapter(ABC):
 
     @abstractmethod
     def load_tensors(self, tensors: dict[str, np.ndarray]) -> None: ...
+
+    def restore_config(self, config: dict[str, Any]) -> None:
+        """Rebuild whatever `config()` added beyond the common fields (before tensors are loaded)."""
+        return None
 
     def config(self) -> dict[str, Any]:
         return {

@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from adapters.base import Adapter, ProgressFn, check_pairs
+from adapters.base import Adapter, ProgressFn
 from adapters.calibration import ScoreMap, fit_distribution_map, fit_score_map, select_score_map
 from adapters.calibration import scores as calibration_scores
 from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, method_row
 from adapters.metrics import gap_closed
 from adapters.registry import create, load
 from adapters.reliability import ReliabilityModel, fit_reliability, item_errors, spearman
+from adapters.vectors import check_pairs
 
 META_FILE = "bundle.json"
 RELIABILITY_FILE = "reliability.safetensors"

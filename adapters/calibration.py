@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from adapters.metrics import DEFAULT_CHUNK, normalize
+from adapters.metrics import DEFAULT_CHUNK
+from adapters.vectors import normalize
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.base import Adapter, as_matrix
+from adapters.base import Adapter
 from adapters.metrics import (
     RetrievalMetrics,
     consensus_neighbours,
@@ -24,6 +24,7 @@ from adapters.metrics import (
     passes_ecc,
     retrieval_metrics,
 )
+from adapters.vectors import as_matrix
 
 PRIMARY = "mAP@R"  # the metric that decides ECC verdicts and method choice
 

@@ -17,17 +17,14 @@ Ties between scores are broken by gallery position (stable sort), so results are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from adapters.vectors import normalize
+
 DEFAULT_CHUNK = 1024
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -54,6 +51,61 @@ class PairingMetrics:
 
     def as_dict(self) -> dict[str, float]:
         return {"recall@1": self.recall_at_1, "recall@10": self.recall_at_10, "MRR": self.mrr}
+
+
+@dataclass
+class _RankedTotals:
+    """Sums over queries of top-k hits, AP and AP@R, from relevance flags in rank order.
+
+    The one implementation of the chunked ranking loop: every leave-one-out metric here builds, per
+    chunk of queries, a boolean matrix `rel[i, r]` (is the item at rank r relevant to query i?)
+    and adds it. Queries with no relevant item are not counted.
+    """
+
+    top_k: Sequence[int] = (1, 5)
+    hits: dict[int, float] = field(default_factory=dict)
+    ap: float = 0.0
+    apr: float = 0.0
+    counted: int = 0
+
+    def add(self, rel: np.ndarray) -> None:
+        n_rel = rel.sum(axis=1)
+        valid = n_rel > 0
+        if not valid.any():
+            return
+        rel, n_rel = rel[valid], n_rel[valid]
+        positions = np.arange(1, rel.shape[1] + 1, dtype=np.float64)
+        for k in self.top_k:
+            self.hits[k] = self.hits.get(k, 0.0) + float(rel[:, :k].any(axis=1).sum())
+        precision_at_hit = np.where(rel, np.cumsum(rel, axis=1) / positions, 0.0)
+        self.ap += float((precision_at_hit.sum(axis=1) / n_rel).sum())
+        within_r = positions[None, :] <= n_rel[:, None]
+        self.apr += float((np.where(within_r, precision_at_hit, 0.0).sum(axis=1) / n_rel).sum())
+        self.counted += int(valid.sum())
+
+    def metrics(self) -> RetrievalMetrics:
+        if self.counted == 0:
+            raise ValueError("no query has a relevant item in the gallery")
+        n = self.counted
+        return RetrievalMetrics(self.hits.get(1, 0.0) / n, self.hits.get(5, 0.0) / n, self.ap / n, self.apr / n, n)
+
+
+def _ranked_totals(n_queries: int, chunk: int, rank_chunk: Callable[[int, int], np.ndarray],
+                   top_k: Sequence[int] = (1, 5)) -> _RankedTotals:
+    """Run `rank_chunk(start, stop)` (relevance in rank order for those queries) over every chunk."""
+    totals = _RankedTotals(top_k=tuple(top_k))
+    for start in range(0, n_queries, chunk):
+        totals.add(rank_chunk(start, min(start + chunk, n_queries)))
+    return totals
+
+
+def _ranked(scores: np.ndarray, exclude_from: int | None) -> np.ndarray:
+    """Gallery order per query, best first; with `exclude_from`, query i's own item (column
+    exclude_from + i) scores -inf and so ranks last."""
+    if exclude_from is not None:
+        rows = np.arange(len(scores))
+        scores[rows, exclude_from + rows] = -np.inf
+    return np.argsort(-scores, axis=1, kind="stable")
 
 
 def _labels_as_codes(labels: Sequence | np.ndarray) -> np.ndarray:
@@ -84,45 +136,15 @@ def retrieval_metrics(
     codes = _labels_as_codes(labels)
     if len(codes) != len(g):
         raise ValueError("one label per gallery item is required")
-    n_g = len(g)
-    class_sizes = np.bincount(codes)
-    hits = {k: 0.0 for k in top_k}
-    ap_sum = apr_sum = 0.0
-    counted = 0
-    positions = np.arange(1, n_g + 1, dtype=np.float64)
-    for start in range(0, len(q), chunk):
-        stop = min(start + chunk, len(q))
-        scores = q[start:stop] @ g.T
-        rows = np.arange(stop - start)
-        if exclude_self:
-            scores[rows, np.arange(start, stop)] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")
-        q_codes = codes[start:stop]
-        rel = codes[order] == q_codes[:, None]
+
+    def rank_chunk(start: int, stop: int) -> np.ndarray:
+        order = _ranked(q[start:stop] @ g.T, start if exclude_self else None)
+        rel = codes[order] == codes[start:stop, None]
         if exclude_self:
             rel[:, -1] = False  # the query itself is ranked last (score -inf) and is never relevant
-        n_rel = class_sizes[q_codes] - (1 if exclude_self else 0)
-        valid = n_rel > 0
-        if not valid.any():
-            continue
-        rel, n_rel = rel[valid], n_rel[valid]
-        for k in top_k:
-            hits[k] += float(rel[:, :k].any(axis=1).sum())
-        cum = np.cumsum(rel, axis=1)
-        precision_at_hit = np.where(rel, cum / positions, 0.0)
-        ap_sum += float((precision_at_hit.sum(axis=1) / n_rel).sum())
-        within_r = positions[None, :] <= n_rel[:, None]
-        apr_sum += float((np.where(within_r, precision_at_hit, 0.0).sum(axis=1) / n_rel).sum())
-        counted += int(valid.sum())
-    if counted == 0:
-        raise ValueError("no query has a relevant item in the gallery")
-    return RetrievalMetrics(
-        top1=hits.get(1, 0.0) / counted,
-        top5=hits.get(5, 0.0) / counted,
-        mAP=ap_sum / counted,
-        mAP_at_R=apr_sum / counted,
-        queries=counted,
-    )
+        return rel
+
+    return _ranked_totals(len(q), chunk, rank_chunk, top_k).metrics()
 
 
 def pairing_metrics(queries: np.ndarray, gallery: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> PairingMetrics:
@@ -198,58 +220,30 @@ def neighbour_metrics(
 ) -> RetrievalMetrics:
     """Leave-one-out retrieval where query i's relevant items are `neighbours[i]` (-1 = none)."""
     q, g = normalize(queries), normalize(gallery)
-    n = len(g)
-    positions = np.arange(1, n + 1, dtype=np.float64)
-    top1 = top5 = ap_sum = apr_sum = 0.0
-    counted = 0
-    for start in range(0, len(q), chunk):
-        stop = min(start + chunk, len(q))
-        rows = np.arange(stop - start)
-        scores = q[start:stop] @ g.T
-        scores[rows, np.arange(start, stop)] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")
-        relevant = np.zeros((stop - start, n), dtype=bool)
+
+    def rank_chunk(start: int, stop: int) -> np.ndarray:
+        order = _ranked(q[start:stop] @ g.T, start)
+        relevant = np.zeros((stop - start, len(g)), dtype=bool)
         nb = neighbours[start:stop]
         r_idx, c_idx = np.nonzero(nb >= 0)
         relevant[r_idx, nb[r_idx, c_idx]] = True
-        rel = np.take_along_axis(relevant, order, axis=1)
-        n_rel = rel.sum(axis=1)
-        valid = n_rel > 0
-        rel, n_rel = rel[valid], n_rel[valid]
-        top1 += float(rel[:, 0].sum())
-        top5 += float(rel[:, :5].any(axis=1).sum())
-        cum = np.cumsum(rel, axis=1)
-        p_hit = np.where(rel, cum / positions, 0.0)
-        ap_sum += float((p_hit.sum(axis=1) / n_rel).sum())
-        apr_sum += float((np.where(positions[None, :] <= n_rel[:, None], p_hit, 0.0).sum(axis=1) / n_rel).sum())
-        counted += int(valid.sum())
-    if counted == 0:
-        raise ValueError("no query has a relevant item")
-    return RetrievalMetrics(top1 / counted, top5 / counted, ap_sum / counted, apr_sum / counted, counted)
+        return np.take_along_axis(relevant, order, axis=1)
+
+    return _ranked_totals(len(q), chunk, rank_chunk).metrics()
 
 
 def map_at_r_from_scores(scores: np.ndarray, relevant: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> float:
     """mAP@R of a precomputed (n, n) score matrix, leave-one-out (the diagonal is ignored), where
     `relevant[i, j]` says whether gallery item j is relevant to query i."""
-    n = len(scores)
-    positions = np.arange(1, n + 1, dtype=np.float64)
-    total, counted = 0.0, 0
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        rows = np.arange(stop - start)
-        s = np.array(scores[start:stop], dtype=np.float64)
-        s[rows, np.arange(start, stop)] = -np.inf
+
+    def rank_chunk(start: int, stop: int) -> np.ndarray:
+        order = _ranked(np.array(scores[start:stop], dtype=np.float64), start)
         rel_mask = np.array(relevant[start:stop], dtype=bool)
-        rel_mask[rows, np.arange(start, stop)] = False
-        order = np.argsort(-s, axis=1, kind="stable")
-        rel = np.take_along_axis(rel_mask, order, axis=1)
-        n_rel = rel.sum(axis=1)
-        valid = n_rel > 0
-        rel, n_rel = rel[valid], n_rel[valid]
-        p_hit = np.where(rel, np.cumsum(rel, axis=1) / positions, 0.0)
-        total += float((np.where(positions[None, :] <= n_rel[:, None], p_hit, 0.0).sum(axis=1) / n_rel).sum())
-        counted += int(valid.sum())
-    return total / counted if counted else float("nan")
+        rel_mask[np.arange(stop - start), np.arange(start, stop)] = False
+        return np.take_along_axis(rel_mask, order, axis=1)
+
+    totals = _ranked_totals(len(scores), chunk, rank_chunk, top_k=())
+    return totals.apr / totals.counted if totals.counted else float("nan")
 
 
 # ---- compatibility summaries ------------------------------------------------------------------

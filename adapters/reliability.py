@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapters.metrics import normalize
+from adapters.vectors import normalize
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 The loop is sized by the data, not by a fixed epoch count: mini-batches of `batch_size`, a
 validation split carved from the training pairs (10 %, at most 2,000 rows), evaluation every
-`eval_every` steps (about four times per epoch on large sets), early stopping after `patience` evaluations without improvement, and a step
-budget that grows with the number of pairs (`max_epochs` passes, capped by `max_steps`). The best
-parameters seen on the validation split are restored at the end.
+`eval_every` steps (about four times per epoch on large sets), early stopping after `patience`
+evaluations without improvement, and a step budget that grows with the number of pairs
+(`max_epochs` passes, capped by `max_steps`). The best parameters seen on the validation split
+are restored at the end.
 """
 
 from __future__ import annotations

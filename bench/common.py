@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.job_watch import wait_for_job  # noqa: F401  (re-exported for the benchmarks)
+from service.cli.job_watch import wait_for_job  # noqa: F401  (re-exported for the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ class Service:
                "NOBACKFILL_SQLITE_SYNCHRONOUS": "FULL", **env_overrides}
         env.pop("NOBACKFILL_API_KEY", None)
         started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve"], cwd=ROOT, env=env)
         deadline = time.monotonic() + 1_800
         while time.monotonic() < deadline:
             try:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.auto import BASELINES  # the closed-form maps auto must beat: one definition
-from service.evaluate_cli import _jsonable, build_report
+from adapters import baselines  # the closed-form maps auto must beat: one definition
+from service.cli.evaluate import _jsonable, build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -122,7 +122,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         groups.setdefault((r["pair"], r["split"], r["mode"]), []).append(r["report"])
     rows = []
     for (pair, split, mode), reports in groups.items():
-        def mean(get) -> float:
+        def mean(get, reports: list = reports) -> float:
             return float(np.mean([get(rep) for rep in reports]))
 
         methods = list(reports[0]["methods"])
@@ -145,7 +145,7 @@ def summarise(runs: list[dict]) -> list[dict]:
             "ecc_rate": mean(lambda rep: float(rep["methods"][rep["selected"]]["ecc"])),
             "selected": [rep["selected"] for rep in reports],
         }
-        best = {m: max(row["methods"][b][m] for b in BASELINES) for m in ("top1", "mAP@R")}
+        best = {m: max(row["methods"][b][m] for b in baselines()) for m in ("top1", "mAP@R")}
         row["best_baseline"] = best
         row["auto_beats_baselines"] = row["auto"]["top1"] > best["top1"] and row["auto"]["mAP@R"] > best["mAP@R"]
         row["any_method_passes_ecc"] = any(
@@ -180,7 +180,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['pair'].replace(':', ' → ')} | {r['split']} | {r['mode']} | {cell(r['old/old'])} | "
             f"{cell(r['new/new'])} | {cell(r['new/old raw'])} | "
             + " | ".join(cell(r["methods"][n], r["methods"][n]["ecc_rate"]) for n in names)
-            + f" | {cell(r['auto'], r['auto']['ecc_rate'])} ({chosen}) | {'yes' if r['auto_beats_baselines'] else 'no'} | "
+            + f" | {cell(r['auto'], r['auto']['ecc_rate'])} ({chosen}) | "
+            f"{'yes' if r['auto_beats_baselines'] else 'no'} | "
             f"{'yes' if r['bar_met'] else 'no'} |"
         )
     fit = {}

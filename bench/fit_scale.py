@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters import create
-from adapters.auto import CANDIDATES
+from adapters import candidates, create
 from adapters.evaluate import EvalSet, baseline_rows, method_row
 from bench.compat import RESULTS, load_wordnet
-from service.evaluate_cli import _jsonable
+from service.cli.evaluate import _jsonable
 
 
 def tile_with_noise(x: np.ndarray, n: int, rng: np.random.Generator, sigma: float = 0.1) -> np.ndarray:
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--old", default="minilm")
     parser.add_argument("--new", default="mpnet")
-    parser.add_argument("--methods", default=",".join([*CANDIDATES, "auto"]))
+    parser.add_argument("--methods", default=",".join([*candidates(), "auto"]))
     parser.add_argument("--labels", action="store_true", help="give the WordNet categories to fitting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)

@@ -21,7 +21,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.compat import BASELINES, RESULTS, summarise
+from adapters import baselines
+from bench.compat import RESULTS, summarise
 
 Scores = dict[str, dict]
 Rule = Callable[[Scores], dict[str, float]]
@@ -49,7 +50,7 @@ def _weighted(w: float) -> Rule:
 
 def _worse_gain(scores: Scores) -> dict[str, float]:
     """auto's default: the worse part's gain over the best closed-form baseline on that part."""
-    ref = {p: max(scores[b][p] for b in BASELINES) for p in ("unseen_mAP@R", "seen_mAP@R")}
+    ref = {p: max(scores[b][p] for b in baselines()) for p in ("unseen_mAP@R", "seen_mAP@R")}
     return {n: min(s[p] / ref[p] for p in ref) for n, s in scores.items()}
 
 

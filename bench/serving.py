@@ -246,7 +246,8 @@ def upgrade_phase(kind: str, name: str, x: np.ndarray, queries: np.ndarray, sing
     rot, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
     rot = rot.astype(np.float32)
     v2_name = f"bench-v2-{kind}"
-    client.post("/v1/models", json={"name": v2_name, "dim": x.shape[1], "successor_of": "bench-model"}).raise_for_status()
+    v2_model = {"name": v2_name, "dim": x.shape[1], "successor_of": "bench-model"}
+    client.post("/v1/models", json=v2_model).raise_for_status()
     uid = next(u["id"] for u in client.get("/v1/upgrades").json() if u["new_model"] == v2_name)
     pairs = rng.choice(len(x), min(5_000, len(x)), replace=False)
     new_pairs = x[pairs] @ rot + rng.normal(scale=0.01, size=(len(pairs), x.shape[1])).astype(np.float32)

@@ -26,7 +26,7 @@ import numpy as np
 
 from adapters.bundle import UpgradeBundle, split_holdout
 from adapters.calibration import IDENTITY, fit_distribution_map, fit_score_map
-from adapters.metrics import normalize
+from adapters.vectors import normalize
 from bench.common import ROOT, Service, b64, wait_for_job
 from bench.compat import load_wordnet, stratified_half
 

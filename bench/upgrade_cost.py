@@ -132,7 +132,8 @@ def main() -> None:
                 c.post("/v1/collections", json={"name": "gallery", "model": "v1"}).raise_for_status()
                 for start in range(0, args.gallery, 5_000):
                     c.post("/v1/collections/gallery/items", json={"model": "v1", "items": [
-                        {"id": f"g{i}", "vector_b64": b64(old[i])} for i in range(start, min(args.gallery, start + 5_000))
+                        {"id": f"g{i}", "vector_b64": b64(old[i])}
+                        for i in range(start, min(args.gallery, start + 5_000))
                     ]}).raise_for_status()
             for p in (int(x) for x in args.pairs.split(",")):
                 idx = np.random.default_rng(p).permutation(len(old))[:p]

@@ -24,20 +24,51 @@ import numpy as np
 Metric = Literal["cosine", "ip", "l2"]
 IndexKind = Literal["flat", "hnsw", "ivf"]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_KEY_TEXT = re.compile(r"^c(\d{1,19})/m(\d{1,19})$")
 
 
 @dataclass(frozen=True)
 class PartitionKey:
-    """Identifies one partition: a collection and the model version its vectors were made by."""
+    """Identifies one partition: a collection and the model version its vectors were made by.
 
-    collection: str
-    model: str
+    Both are the caller's integer ids (database row ids), never user text, so names derived from a
+    key -- FAISS snapshot paths, Milvus collection names -- are always safe. The text form is
+    `c<collection>/m<model>`; `collection_name` and `model_name` are its two halves.
+    """
+
+    collection: int
+    model: int
 
     def __post_init__(self) -> None:
         for part in (self.collection, self.model):
-            if not _SAFE_NAME.match(part) or part in {".", ".."}:
-                raise ValueError(f"partition key part {part!r} must match {_SAFE_NAME.pattern}")
+            if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < 2**63:
+                raise ValueError(f"partition key parts must be non-negative 64-bit integers, got {part!r}")
+
+    @property
+    def collection_name(self) -> str:
+        return collection_name(self.collection)
+
+    @property
+    def model_name(self) -> str:
+        return f"m{self.model}"
+
+    def encode(self) -> str:
+        return f"{self.collection_name}/{self.model_name}"
+
+    @classmethod
+    def decode(cls, text: str) -> PartitionKey:
+        match = _KEY_TEXT.match(text)
+        if match is None:
+            raise ValueError(f"not a partition key: {text!r} (expected c<collection id>/m<model id>)")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    def __str__(self) -> str:
+        return self.encode()
+
+
+def collection_name(collection: int) -> str:
+    """The text name of a collection's partitions (`c<id>`), as files and engines see it."""
+    return f"c{collection}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,10 @@ class PartitionState:
 class IndexBackend(ABC):
     """Partitions of vectors, searched and mutated under per-collection consistency."""
 
+    def describe(self) -> str:
+        """One line for the start-up log: which backend, and where or on what it runs."""
+        return type(self).__name__
+
     @abstractmethod
     def ensure_partition(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> None:
         """Create the partition if it does not exist (idempotent)."""
@@ -107,7 +142,7 @@ class IndexBackend(ABC):
     def has_partition(self, key: PartitionKey) -> bool: ...
 
     @abstractmethod
-    def partitions(self, collection: str | None = None) -> list[PartitionKey]: ...
+    def partitions(self, collection: int | None = None) -> list[PartitionKey]: ...
 
     @abstractmethod
     def count(self, key: PartitionKey) -> int:
@@ -122,24 +157,24 @@ class IndexBackend(ABC):
         """Sorted int64 ids of the live vectors (used to reconcile with the store)."""
 
     @abstractmethod
-    def apply(self, collection: str, writes: Mapping[str, PartitionWrite], tag: int | None = None) -> None:
+    def apply(self, collection: int, writes: Mapping[int, PartitionWrite], tag: int | None = None) -> None:
         """Apply writes to several partitions of one collection atomically w.r.t. its searches.
 
-        `writes` maps model -> changes. Added ids must not be live in the partition already (remove
+        `writes` maps model id -> changes. Added ids must not be live in the partition already (remove
         them in the same call to replace a vector). `tag`, when given, becomes the collection's tag.
         """
 
     @abstractmethod
-    def tag(self, collection: str) -> int:
+    def tag(self, collection: int) -> int:
         """The tag of the last write applied to the collection (0 if none)."""
 
     @abstractmethod
     def search(
-        self, collection: str, queries: Mapping[str, np.ndarray], k: int
-    ) -> dict[str, SearchResult]:
+        self, collection: int, queries: Mapping[int, np.ndarray], k: int
+    ) -> dict[int, SearchResult]:
         """Search several partitions of one collection against one consistent state.
 
-        `queries` maps model -> (n, dim) float32 queries already in that partition's space.
+        `queries` maps model id -> (n, dim) float32 queries already in that partition's space.
         """
 
     def search_cost(self, key: PartitionKey) -> int:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         200_000, ge=0, description="Item records (key, payload) cached for query results (0 = always ask the database)."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    index_backend: Literal["faiss"] = Field(
+        "faiss", description="Where gallery vectors live: the embedded FAISS backend (files under data_dir)."
+    )
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_batch_items: int = Field(10_000, ge=1, description="Largest upsert batch (items per request).")
     max_query_batch: int = Field(1_024, ge=1, description="Largest number of query vectors per request.")

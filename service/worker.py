@@ -1,7 +1,7 @@
 """A job worker process without HTTP: `nobackfill worker`.
 
 It shares the database and the data directory with the service; transformations it activates
-reach the serving processes through their routing refresh (service/routing.py).
+reach the serving processes through their routing refresh (service/core/transform_graph.py).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import logging
 import signal
 import threading
 
-from service.db import make_engine, migrate
-from service.jobs import JobRunner
-from service.registry import Registry
+from service.core.catalog import Catalog
+from service.core.jobs import JobRunner
+from service.core.upgrades import TRAIN_JOB, Upgrades
 from service.settings import get_settings
 from service.store import Store
-from service.upgrades import TRAIN_JOB, Upgrades
+from service.store.db import make_engine, migrate
 
 log = logging.getLogger("nobackfill.worker")
 
@@ -26,8 +26,8 @@ def run_worker() -> None:
     engine = make_engine(settings.resolved_database_url, settings.sqlite_synchronous)
     migrate(engine)
     store = Store(engine)
-    registry = Registry(store, settings.max_dim)
-    upgrades = Upgrades(store, registry, settings)
+    catalog = Catalog(store, settings.max_dim)
+    upgrades = Upgrades(store, catalog, settings)
     runner = JobRunner(store, {TRAIN_JOB: upgrades.run_training}, stale_seconds=settings.job_stale_seconds)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

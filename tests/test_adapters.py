@@ -9,7 +9,7 @@ import pytest
 
 from adapters import METHODS, create, load
 from adapters.evaluate import EvalSet, baseline_rows, method_row
-from adapters.procrustes import Procrustes
+from adapters.methods.procrustes import Procrustes
 
 DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"
 FAST = {"max_steps": 40, "min_steps": 20, "eval_every": 10, "patience": 3}
@@ -46,7 +46,9 @@ def test_procrustes_recovers_a_rotation_across_unequal_dims(d_new, d_old) -> Non
     core = rng.normal(size=(500, d)).astype(np.float32)
     core /= np.linalg.norm(core, axis=1, keepdims=True)
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    pad = lambda x, w: np.hstack([x, np.zeros((len(x), w - x.shape[1]), np.float32)])
+    def pad(x, w):
+        return np.hstack([x, np.zeros((len(x), w - x.shape[1]), np.float32)])
+
     x_new, x_old = pad(core, d_new), pad((core @ q).astype(np.float32), d_old)
     adapter = Procrustes(center=False)
     adapter.fit(x_old, x_new)
@@ -176,7 +178,7 @@ def test_auto_can_rank_by_one_part_for_callers_who_know_their_categories(wordnet
 
 @pytest.mark.parametrize("with_labels", [True, False])
 def test_selection_folds_partition_the_pairs(wordnet, with_labels) -> None:
-    from adapters.auto import selection_folds
+    from adapters.methods.auto import selection_folds
 
     labels = wordnet["labels"] if with_labels else None
     parts, unseen = selection_folds(len(wordnet["old"]), labels, 3, seed=4)
@@ -200,7 +202,7 @@ def test_selection_folds_partition_the_pairs(wordnet, with_labels) -> None:
 
 
 def test_out_of_fold_queries_come_from_maps_that_never_saw_the_pair(wordnet) -> None:
-    from adapters.auto import Auto, out_of_fold, selection_folds
+    from adapters.methods.auto import Auto, out_of_fold, selection_folds
 
     old, new, labels = wordnet["old"], wordnet["new"], wordnet["labels"]
     params = {**Auto.default_params(), "min_eval_items": 1}  # stop after the first fold
@@ -249,7 +251,7 @@ def test_bad_inputs_are_rejected() -> None:
 def test_worse_gain_ranking_is_not_rescaled_by_one_exceptional_candidate() -> None:
     """worse_gain measures each part against the baselines, so a candidate far ahead on one part
     (bt2 on seen classes) cannot lower everyone else's score there; worse_part can be swayed."""
-    from adapters.auto import PoolScores, average_pools, rank_candidates
+    from adapters.methods.auto import PoolScores, average_pools, rank_candidates
 
     def pool(bt2_seen: float) -> PoolScores:
         parts = {"unseen": {"procrustes": 0.30, "affine": 0.28, "adjoint": 0.33, "bt2": 0.27},

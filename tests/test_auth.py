@@ -49,7 +49,7 @@ def test_reads_can_be_closed(secured) -> None:
         assert c.get("/v1/models").status_code == 401
         query = {"model": "v1", "vector": [1, 0, 0, 0]}
         assert c.post("/v1/collections/g/query", json=query).status_code == 401
-        # the query hot path (a plain Starlette route, service/routes/collections.py) checks keys the same way
+        # the query hot path (a plain Starlette route, service/api/routes/collections.py) checks keys the same way
         assert c.post("/v1/collections/g/query", json=query, headers={"Authorization": "Bearer no"}).status_code == 403
         r = c.post("/v1/collections/g/query", json=query, headers={"Authorization": f"Bearer {KEY}"})
         assert r.status_code == 404 and r.json()["error"] == "not_found" and r.json()["field"] == "collection"

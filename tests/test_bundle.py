@@ -9,9 +9,9 @@ import pytest
 
 from adapters.bundle import UpgradeBundle, build_bundle, json_safe
 from adapters.calibration import IDENTITY, ScoreMap, fit_score_map
-from adapters.metrics import normalize
 from adapters.reliability import fit_reliability, spearman
-from service.routing import Edge, RoutingTable
+from adapters.vectors import normalize
+from service.core.transform_graph import Edge, RouteTable
 
 DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"
 
@@ -97,12 +97,12 @@ def _edges(old: int, new: int, quality: float, tid: int) -> list[Edge]:
 
 def test_routing_prefers_the_better_measured_path() -> None:
     chain = _edges(1, 2, 0.9, 12) + _edges(2, 3, 0.9, 23)
-    weak_direct = RoutingTable(chain + _edges(1, 3, 0.7, 13))
+    weak_direct = RouteTable(chain + _edges(1, 3, 0.7, 13))
     assert [e.transformation_id for e in weak_direct.route(3, 1).edges] == [23, 12]  # 0.81 > 0.7
-    strong_direct = RoutingTable(chain + _edges(1, 3, 0.85, 13))
+    strong_direct = RouteTable(chain + _edges(1, 3, 0.85, 13))
     assert [e.transformation_id for e in strong_direct.route(3, 1).edges] == [13]
-    assert RoutingTable(chain).route(3, 3).native
-    assert RoutingTable(_edges(1, 2, 0.9, 12)).route(3, 1) is None
+    assert RouteTable(chain).route(3, 3).native
+    assert RouteTable(_edges(1, 2, 0.9, 12)).route(3, 1) is None
 
 
 def test_map_at_r_from_scores_equals_the_vector_version() -> None:
@@ -129,4 +129,5 @@ def test_selection_prefers_the_map_that_merges_a_mixed_gallery_best() -> None:
     good = ScoreMap(a=2.5, b=0.75, calibrated=True, kind="regression")
     bad = ScoreMap(a=1.0, b=-1.0, calibrated=True, kind="distribution")
     chosen, scores = select_score_map([bad, good], routed, native, relevant)
-    assert chosen is good and scores["regression"] > scores["identity"] and scores["regression"] > scores["distribution"]
+    assert chosen is good
+    assert scores["regression"] > scores["identity"] and scores["regression"] > scores["distribution"]

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from adapters.metrics import normalize
+from adapters.vectors import normalize
 from tests.helpers import make_model, upsert
 from tests.upgrade_helpers import lineage_with_gallery, train, upload_pairs, wordnet
 
@@ -151,7 +151,8 @@ def test_read_only_login_and_csrf_rules(seeded) -> None:
         assert c.post(f"/v1/upgrades/{seeded['uid12']}/deactivate",
                       headers={"X-Nobackfill-CSRF": "1"}).status_code == 403, "read-only session"
     with httpx.Client(base_url=url, follow_redirects=False) as c:
-        c.post("/dashboard/login", content="api_key=" + KEY, headers={"content-type": "application/x-www-form-urlencoded"})
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        c.post("/dashboard/login", content="api_key=" + KEY, headers=form)
         r = c.post("/v1/jobs/1/cancel")
         assert r.status_code == 403 and "x-nobackfill-csrf" in r.text, "session writes need the CSRF header"
         assert c.post("/v1/jobs/1/cancel", headers={"X-Nobackfill-CSRF": "1"}).status_code == 200
@@ -183,7 +184,7 @@ def test_closed_deployment_sends_anonymous_visitors_to_login(start_server, tmp_p
 
 
 def test_static_assets_are_vendored() -> None:
-    static = Path(__file__).parents[1] / "service" / "dashboard" / "static"
+    static = Path(__file__).parents[1] / "service" / "api" / "dashboard" / "static"
     for f in static.iterdir():
         text = f.read_text()
         assert "http://" not in text and "https://" not in text, f"{f.name} must not load anything remote"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
+from service.cli.main import app
 
 DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"
 runner = CliRunner()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.hit_cache import HitCache
+from service.core.hit_cache import HitCache
 from service.store import HitRecord
 
 

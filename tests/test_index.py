@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from index import FaissBackend, IndexSpec, PartitionKey
-from index.backend import PartitionWrite
-from index.faiss_partition import FaissPartition
-from index.gpu import resolve_device
+from index import IndexSpec, PartitionKey, PartitionWrite, create_backend
+from index.faiss import FaissBackend
+from index.faiss.gpu import resolve_device
+from index.faiss.kinds import PARTITION_KINDS, new_partition
 
 KINDS = [IndexSpec(kind="flat"), IndexSpec(kind="hnsw"), IndexSpec(kind="ivf", ivf_train_min=400, ivf_nprobe=64)]
 
@@ -37,10 +37,10 @@ def exact_top(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, metric: str
 def test_search_matches_exact_ranking(spec: IndexSpec, metric: str) -> None:
     x = clustered(1000, 16)
     ids = np.arange(5000, 6000, dtype=np.int64)
-    part = FaissPartition(16, metric, spec)
+    part = new_partition(16, metric, spec)
     part.add(ids, x)
     if spec.kind == "ivf":
-        assert part.is_trained_ivf
+        assert part.trained
     q = clustered(20, 16, seed=1)
     got = part.search(q, 10)
     want = exact_top(x, ids, q, 10, metric)
@@ -52,7 +52,7 @@ def test_search_matches_exact_ranking(spec: IndexSpec, metric: str) -> None:
 @pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.kind)
 def test_remove_hides_vectors_and_reuse_of_id_works(spec: IndexSpec) -> None:
     x = clustered(600, 8)
-    part = FaissPartition(8, "cosine", spec)
+    part = new_partition(8, "cosine", spec)
     part.add(np.arange(600), x)
     part.remove(np.arange(0, 600, 2))
     assert len(part) == 300
@@ -66,7 +66,7 @@ def test_remove_hides_vectors_and_reuse_of_id_works(spec: IndexSpec) -> None:
 
 def test_hnsw_compacts_when_tombstones_pile_up() -> None:
     x = clustered(3000, 8)
-    part = FaissPartition(8, "cosine", IndexSpec(kind="hnsw"))
+    part = new_partition(8, "cosine", IndexSpec(kind="hnsw"))
     part.add(np.arange(3000), x)
     part.remove(np.arange(1500))
     assert part.slot_live.all(), "removing half the graph must trigger a rebuild without dead slots"
@@ -76,16 +76,16 @@ def test_hnsw_compacts_when_tombstones_pile_up() -> None:
 
 
 def test_ivf_stays_exact_until_enough_vectors() -> None:
-    part = FaissPartition(8, "ip", IndexSpec(kind="ivf", ivf_train_min=500))
+    part = new_partition(8, "ip", IndexSpec(kind="ivf", ivf_train_min=500))
     part.add(np.arange(100), clustered(100, 8))
-    assert not part.is_trained_ivf
+    assert not part.trained
     part.add(np.arange(100, 600), clustered(500, 8, seed=3))
-    assert part.is_trained_ivf and len(part) == 600
+    assert part.trained and len(part) == 600
     assert sorted(part.live_ids().tolist()) == list(range(600))
 
 
 def test_empty_and_short_partitions_pad_results() -> None:
-    part = FaissPartition(4, "cosine", IndexSpec())
+    part = new_partition(4, "cosine", IndexSpec())
     res = part.search(np.ones((2, 4), np.float32), 3)
     assert (res.ids == -1).all()
     part.add(np.array([7]), np.ones((1, 4), np.float32))
@@ -94,7 +94,7 @@ def test_empty_and_short_partitions_pad_results() -> None:
 
 
 def test_wrong_shapes_are_rejected() -> None:
-    part = FaissPartition(4, "cosine", IndexSpec())
+    part = new_partition(4, "cosine", IndexSpec())
     with pytest.raises(ValueError):
         part.add(np.array([1, 2]), np.ones((2, 5), np.float32))
     with pytest.raises(ValueError):
@@ -104,19 +104,19 @@ def test_wrong_shapes_are_rejected() -> None:
 @pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.kind)
 def test_persist_and_restore_round_trip(tmp_path, spec: IndexSpec) -> None:
     x = clustered(800, 12)
-    key = PartitionKey("c1", "m1")
+    key = PartitionKey(1, 1)
     backend = FaissBackend(tmp_path)
     backend.ensure_partition(key, 12, "cosine", spec)
-    backend.apply("c1", {"m1": PartitionWrite(add_ids=np.arange(800), add_vectors=x)})
-    backend.apply("c1", {"m1": PartitionWrite(remove=np.arange(10))})
-    before = backend.search("c1", {"m1": x[20:25]}, 5)["m1"]
-    backend.apply("c1", {}, tag=42)
+    backend.apply(1, {1: PartitionWrite(add_ids=np.arange(800), add_vectors=x)})
+    backend.apply(1, {1: PartitionWrite(remove=np.arange(10))})
+    before = backend.search(1, {1: x[20:25]}, 5)[1]
+    backend.apply(1, {}, tag=42)
     backend.persist(key)
 
     fresh = FaissBackend(tmp_path)
     assert fresh.restore(key, 12, "cosine", spec) == 42
     assert fresh.count(key) == 790
-    after = fresh.search("c1", {"m1": x[20:25]}, 5)["m1"]
+    after = fresh.search(1, {1: x[20:25]}, 5)[1]
     np.testing.assert_array_equal(before.ids, after.ids)
     # a snapshot for another configuration is not silently reused
     assert FaissBackend(tmp_path).restore(key, 13, "cosine", spec) is None
@@ -132,10 +132,10 @@ def test_snapshot_streams_the_index_to_disk(tmp_path) -> None:
     import faiss
 
     x = clustered(20_000, 64)
-    key = PartitionKey("c1", "m1")
+    key = PartitionKey(1, 1)
     backend = FaissBackend(tmp_path)
     backend.ensure_partition(key, 64, "cosine", IndexSpec())
-    backend.apply("c1", {"m1": PartitionWrite(add_ids=np.arange(20_000), add_vectors=x)}, tag=7)
+    backend.apply(1, {1: PartitionWrite(add_ids=np.arange(20_000), add_vectors=x)}, tag=7)
     index_bytes = 20_000 * 64 * 4
     tracemalloc.start()
     backend.persist(key)
@@ -146,16 +146,16 @@ def test_snapshot_streams_the_index_to_disk(tmp_path) -> None:
     part = backend._partitions[key]
     meta = {"tag": 5, "dim": 64, "metric": "cosine", "spec": IndexSpec().to_dict()}
     legacy = io.BytesIO()
-    np.savez(legacy, index=faiss.serialize_index(part.index), slot_ids=part.slot_ids, slot_live=part.slot_live,
-             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    np.savez(legacy, index=faiss.serialize_index(part.index), slot_ids=np.empty(0, np.int64),
+             slot_live=np.empty(0, bool), meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     (tmp_path / "c1" / "m1.npz").write_bytes(legacy.getvalue())
     fresh = FaissBackend(tmp_path)
     assert fresh.restore(key, 64, "cosine", IndexSpec()) == 5 and fresh.count(key) == 20_000
-    assert fresh.search("c1", {"m1": x[3:4]}, 1)["m1"].ids[0, 0] == 3
+    assert fresh.search(1, {1: x[3:4]}, 1)[1].ids[0, 0] == 3
 
 
 def test_corrupt_snapshot_is_ignored(tmp_path) -> None:
-    key = PartitionKey("c1", "m1")
+    key = PartitionKey(1, 1)
     (tmp_path / "c1").mkdir()
     (tmp_path / "c1" / "m1.npz").write_bytes(b"not a snapshot")
     assert FaissBackend(tmp_path).restore(key, 4, "cosine", IndexSpec()) is None
@@ -166,17 +166,17 @@ def test_apply_is_atomic_across_partitions_for_searchers() -> None:
     backend = FaissBackend()
     dim, n = 8, 200
     x = clustered(n, dim)
-    a, b = PartitionKey("c", "a"), PartitionKey("c", "b")
+    a, b = PartitionKey(1, 1), PartitionKey(1, 2)
     for key in (a, b):
         backend.ensure_partition(key, dim, "cosine", IndexSpec())
-    backend.apply("c", {"a": PartitionWrite(add_ids=np.arange(n), add_vectors=x)})
+    backend.apply(1, {1: PartitionWrite(add_ids=np.arange(n), add_vectors=x)})
     stop = threading.Event()
     errors: list[str] = []
 
     def searcher() -> None:
         while not stop.is_set():
-            res = backend.search("c", {"a": x[:4], "b": x[:4]}, n)
-            found = np.concatenate([res["a"].ids[0], res["b"].ids[0]])
+            res = backend.search(1, {1: x[:4], 2: x[:4]}, n)
+            found = np.concatenate([res[1].ids[0], res[2].ids[0]])
             found = found[found >= 0]
             if len(found) != n or len(set(found.tolist())) != n:
                 errors.append(f"saw {len(found)} hits, {len(set(found.tolist()))} distinct")
@@ -184,12 +184,12 @@ def test_apply_is_atomic_across_partitions_for_searchers() -> None:
     threads = [threading.Thread(target=searcher) for _ in range(2)]
     for t in threads:
         t.start()
-    src, dst = "a", "b"
+    src, dst = 1, 2
     for step in range(60):
         moved = np.arange(step % 10 * 20, step % 10 * 20 + 20)
-        backend.apply("c", {src: PartitionWrite(remove=moved),
+        backend.apply(1, {src: PartitionWrite(remove=moved),
                             dst: PartitionWrite(add_ids=moved, add_vectors=x[moved])})
-        backend.apply("c", {dst: PartitionWrite(remove=moved),
+        backend.apply(1, {dst: PartitionWrite(remove=moved),
                             src: PartitionWrite(add_ids=moved, add_vectors=x[moved])})
     stop.set()
     for t in threads:
@@ -198,7 +198,7 @@ def test_apply_is_atomic_across_partitions_for_searchers() -> None:
 
 
 def test_device_resolution_falls_back_to_cpu() -> None:
-    from index.gpu import gpu_count
+    from index.faiss.gpu import gpu_count
 
     assert resolve_device("cpu") == "cpu"
     if gpu_count() == 0:
@@ -209,11 +209,37 @@ def test_device_resolution_falls_back_to_cpu() -> None:
         assert resolve_device("auto") == "cuda"
 
 
-def test_partition_keys_must_be_path_safe() -> None:
+@pytest.mark.parametrize("collection, model", [("../etc", 1), (1, "a/b"), (-1, 2), (True, 2), (1, 2**63), (1.0, 2)])
+def test_partition_keys_are_integer_ids(collection, model) -> None:
     with pytest.raises(ValueError):
-        PartitionKey("../etc", "m1")
-    with pytest.raises(ValueError):
-        PartitionKey("c1", "a/b")
+        PartitionKey(collection, model)
+
+
+def test_partition_key_text_round_trips() -> None:
+    key = PartitionKey(12, 3)
+    assert key.encode() == "c12/m3" and (key.collection_name, key.model_name) == ("c12", "m3")
+    assert PartitionKey.decode("c12/m3") == key
+    for bad in ("c12/m", "c1/m2/x", "../m1", "c-1/m2", "m1/c2", ""):
+        with pytest.raises(ValueError, match="not a partition key"):
+            PartitionKey.decode(bad)
+
+
+def test_backend_factory_builds_by_name(tmp_path) -> None:
+    backend = create_backend("faiss", directory=tmp_path, device="cpu", threads=1)
+    assert isinstance(backend, FaissBackend) and backend.directory == tmp_path
+    with pytest.raises(ValueError, match="unknown index backend 'nope'; choose from faiss"):
+        create_backend("nope")
+    with pytest.raises(ValueError, match="unknown options"):
+        create_backend("faiss", colour="blue")
+
+
+def test_each_index_kind_is_its_own_partition_class() -> None:
+    assert set(PARTITION_KINDS) == {"flat", "hnsw", "ivf"}
+    for kind, cls in PARTITION_KINDS.items():
+        part = new_partition(4, "cosine", IndexSpec(kind=kind))
+        assert type(part) is cls and part.kind == kind
+    with pytest.raises(ValueError, match="unknown index kind"):
+        new_partition(4, "cosine", IndexSpec(kind="annoy"))  # type: ignore[arg-type]
 
 
 def test_thread_count_applies_in_every_searching_thread() -> None:
@@ -223,13 +249,13 @@ def test_thread_count_applies_in_every_searching_thread() -> None:
     import faiss
 
     backend = FaissBackend(None, threads=1)
-    key = PartitionKey("c1", "m1")
+    key = PartitionKey(1, 1)
     backend.ensure_partition(key, 8, "cosine", IndexSpec())
-    backend.apply("c1", {"m1": PartitionWrite(add_ids=np.arange(10), add_vectors=clustered(10, 8))})
+    backend.apply(1, {1: PartitionWrite(add_ids=np.arange(10), add_vectors=clustered(10, 8))})
     seen = {}
 
     def worker() -> None:
-        backend.search("c1", {"m1": clustered(1, 8)}, 3)
+        backend.search(1, {1: clustered(1, 8)}, 3)
         seen["threads"] = faiss.omp_get_max_threads()
 
     t = threading.Thread(target=worker)
@@ -244,33 +270,30 @@ def test_backend_rebuilds_beside_the_live_index(kind: str, monkeypatch) -> None:
     and writes made during the rebuild are in the new index."""
     import threading
 
-    from index import FaissBackend, PartitionKey
-    from index.backend import PartitionWrite
-    from index.faiss_partition import FaissPartition
-
     release, entered = threading.Event(), threading.Event()
-    original = FaissPartition.rebuilt
+    cls = PARTITION_KINDS[kind]
+    original = cls.rebuilt
 
     def slow_rebuilt(self, ids, vecs):
         entered.set()
         assert release.wait(30)
         return original(self, ids, vecs)
 
-    monkeypatch.setattr(FaissPartition, "rebuilt", slow_rebuilt)
+    monkeypatch.setattr(cls, "rebuilt", slow_rebuilt)
     backend = FaissBackend()
-    key = PartitionKey("c1", "m1")
+    key = PartitionKey(1, 1)
     spec = IndexSpec(kind="ivf", ivf_train_min=1_000, ivf_nprobe=64) if kind == "ivf" else IndexSpec(kind="hnsw")
     backend.ensure_partition(key, 8, "cosine", spec)
     x = clustered(3_000, 8)
-    backend.apply("c1", {"m1": PartitionWrite(add_ids=np.arange(3_000), add_vectors=x)})
+    backend.apply(1, {1: PartitionWrite(add_ids=np.arange(3_000), add_vectors=x)})
     if kind == "hnsw":  # tombstones past a fifth of the graph
-        backend.apply("c1", {"m1": PartitionWrite(remove=np.arange(1_500))})
+        backend.apply(1, {1: PartitionWrite(remove=np.arange(1_500))})
     assert entered.wait(30), "a rebuild should have started"
     during = backend.state(key)
     assert during.rebuilding and during.structure == ("exact" if kind == "ivf" else "hnsw")
     # while it is being built: searches answer, writes land
-    assert backend.search("c1", {"m1": x[2_500:2_501]}, 1)["m1"].ids[0, 0] == 2_500
-    backend.apply("c1", {"m1": PartitionWrite(remove=np.array([2_999]),
+    assert backend.search(1, {1: x[2_500:2_501]}, 1)[1].ids[0, 0] == 2_500
+    backend.apply(1, {1: PartitionWrite(remove=np.array([2_999]),
                                               add_ids=np.array([9_000]), add_vectors=x[2_999:3_000])})
     release.set()
     assert backend.wait_for_rebuilds(60)
@@ -278,10 +301,10 @@ def test_backend_rebuilds_beside_the_live_index(kind: str, monkeypatch) -> None:
     assert not after.rebuilding and after.structure == kind and after.vectors == (3_000 if kind == "ivf" else 1_500)
     part = backend._partitions[key]
     if kind == "ivf":
-        assert part.is_trained_ivf
+        assert part.trained
     else:  # compacted: only the removal replayed from the log is a tombstone
         assert (~part.slot_live).sum() == 1 and part.index.ntotal == 1_501
     live = set(backend.live_ids(key).tolist())
     assert 9_000 in live and 2_999 not in live
     assert len(live) == (3_000 if kind == "ivf" else 1_500)
-    assert backend.search("c1", {"m1": x[2_999:3_000]}, 1)["m1"].ids[0, 0] == 9_000
+    assert backend.search(1, {1: x[2_999:3_000]}, 1)[1].ids[0, 0] == 9_000

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from service.db import make_engine, migrate
-from service.job_watch import watch
+from service.cli.job_watch import watch
 from service.store import Store
+from service.store.db import make_engine, migrate
 from tests.conftest import unique
 from tests.helpers import b64, upsert
 from tests.test_durability import ServerProcess, servers  # noqa: F401  (fixture)
@@ -125,7 +125,7 @@ def test_a_separate_worker_process_trains_and_the_service_picks_it_up(servers, t
         job_id = c.post(f"/v1/upgrades/{uid}/train", json={"method": "procrustes"}).json()["id"]
         time.sleep(1.0)
         assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "queued", "the service itself runs no jobs"
-        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "service.cli.main", "worker"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             job = wait_job(c, job_id, timeout=120)

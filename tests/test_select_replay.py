@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from adapters import candidates
 from bench.compat import summarise
 from bench.select_replay import LABELLED_RULES, replay
 
-METHODS = ["procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"]
+METHODS = candidates()
 
 
 def metric(v: float) -> dict[str, float]:

@@ -8,10 +8,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
-from service.db import alembic_config, make_engine, migrate
-from service.db_models import Base
 from service.store import AlreadyExists, Store
+from service.store.db import alembic_config, make_engine, migrate
+from service.store.tables import Base
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_failed_batch_writes_nothing(store: Store) -> None:
     model, coll = seed(store)
     v = np.eye(4, dtype=np.float32)
     store.upsert_items(coll.id, model.id, ["a"], v[:1], [None])
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         # the duplicate key violates the unique constraint half-way through the batch
         store.upsert_items(coll.id, model.id, ["x", "y", "x"], v[:3], [None] * 3)
     assert store.item_counts(coll.id) == {model.id: 1}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adapters.bundle import UpgradeBundle
-from adapters.metrics import normalize
+from adapters.vectors import normalize
 from tests.conftest import unique
 from tests.helpers import b64, make_model, upsert
 from tests.upgrade_helpers import (
@@ -202,9 +202,10 @@ def test_query_model_without_a_path_is_409_until_activation(client) -> None:
     assert upload_pairs(client, uid, IDS[:120], OLD[:120], NEW[:120]).status_code == 200
     train(client, uid)
     client.post(f"/v1/upgrades/{uid}/activate", json={"force": True})
-    assert client.post(f"/v1/collections/{coll}/query", json={"model": v2, "vector_b64": b64(NEW[0])}).status_code == 200
+    v2_query = {"model": v2, "vector_b64": b64(NEW[0])}
+    assert client.post(f"/v1/collections/{coll}/query", json=v2_query).status_code == 200
     assert client.post(f"/v1/upgrades/{uid}/deactivate").json()["active_transformation"] is None
-    assert client.post(f"/v1/collections/{coll}/query", json={"model": v2, "vector_b64": b64(NEW[0])}).status_code == 409
+    assert client.post(f"/v1/collections/{coll}/query", json=v2_query).status_code == 409
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.job_watch import wait_for_job
+from service.cli.job_watch import wait_for_job
 from tests.helpers import b64, make_collection, make_model, upsert
 
 DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"

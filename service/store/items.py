@@ -11,7 +11,7 @@ from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from service.db_models import Collection, CollectionRetirement, Item, ItemHistory, ModelVersion, Upgrade, utcnow
+from service.store.tables import Collection, CollectionRetirement, Item, ItemHistory, ModelVersion, Upgrade, utcnow
 
 _IN_CHUNK = 500  # keep IN (...) lists well under every driver's parameter limit
 VECTOR_DTYPE = np.dtype("<f4")

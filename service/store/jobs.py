@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from service.db_models import Job, utcnow
+from service.store.tables import Job, utcnow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 LOG_TAIL_CHARS = 16_000

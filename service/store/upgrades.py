@@ -9,8 +9,8 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 
-from service.db_models import Item, ItemHistory, Transformation, Upgrade, UpgradePair, utcnow
 from service.store.items import _chunks, decode_vectors, encode_vector
+from service.store.tables import Item, ItemHistory, Transformation, Upgrade, UpgradePair, utcnow
 
 
 @dataclass(frozen=True)

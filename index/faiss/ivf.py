@@ -1,0 +1,80 @@
+"""Inverted lists: exact (flat) until the partition holds `ivf_train_min` vectors, then trained once.
+
+An IVF trained on a handful of points is worse than exhaustive search, so a young partition is a
+flat one; once it is large enough the rebuild trains about 4·sqrt(n) lists on the vectors present
+(at most n/39: FAISS wants 39 training points per list) and every later vector joins a list.
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+from index.faiss.flat import FlatPartition
+from index.faiss.partition import FaissPartition, faiss_metric, flat_index
+
+
+class IvfPartition(FlatPartition):
+    kind = "ivf"
+
+    @property
+    def trained(self) -> bool:
+        return isinstance(self.index, faiss.IndexIVF)
+
+    @property
+    def structure(self) -> str:
+        return "ivf" if self.trained else "exact"
+
+    def live_ids(self) -> np.ndarray:
+        if not self.trained:
+            return super().live_ids()
+        invlists, parts = self.index.invlists, []
+        for list_no in range(self.index.nlist):
+            size = invlists.list_size(list_no)
+            if size:
+                ptr = invlists.get_ids(list_no)
+                parts.append(faiss.rev_swig_ptr(ptr, size).copy())
+                invlists.release_ids(list_no, ptr)
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.trained:
+            return super().live_vectors()
+        ids = self.live_ids()
+        if not len(ids):
+            return ids, np.empty((0, self.dim), np.float32)
+        return ids, np.vstack([self.index.reconstruct(int(i)) for i in ids])
+
+    def _compared_per_query(self) -> float:
+        if not self.trained:
+            return len(self)
+        return self.index.nlist + len(self) * min(1.0, self.spec.ivf_nprobe / self.index.nlist)
+
+    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None) -> tuple[np.ndarray, np.ndarray]:
+        if via is not None or not self.trained:
+            return super()._search_labels(q, k, via)
+        return self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=self.spec.ivf_nprobe))
+
+    def _needs_rebuild(self) -> bool:
+        return not self.trained and self.index.ntotal >= self.spec.ivf_train_min
+
+    def rebuilt(self, ids: np.ndarray, vecs: np.ndarray) -> FaissPartition:
+        fresh = IvfPartition(self.dim, self.metric, self.spec, auto_rebuild=self.auto_rebuild)
+        if len(ids):
+            fresh.index = self._trained_index(ids, vecs)
+        return fresh
+
+    def _trained_index(self, ids: np.ndarray, vecs: np.ndarray) -> faiss.IndexIVF:
+        nlist = self.spec.ivf_nlist or max(1, int(4 * math.sqrt(len(ids))))
+        nlist = min(nlist, max(1, len(ids) // 39))  # FAISS wants >= 39 training points per list
+        quantizer = flat_index(self.dim, self.metric)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric(self.metric))
+        ivf.own_fields = True
+        quantizer.this.disown()
+        rng = np.random.default_rng(0)
+        sample = vecs if len(vecs) <= 256 * nlist else vecs[rng.choice(len(vecs), 256 * nlist, replace=False)]
+        ivf.train(np.ascontiguousarray(sample))
+        ivf.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        return ivf

@@ -1,0 +1,139 @@
+"""The admin dashboard: server-rendered pages over the same application objects as the API.
+
+Pages read through the application layer (catalog, store, upgrades, compatibility matrix, metrics)
+and render with Jinja2; charts are inline SVG (svg.py); the only JavaScript is the vendored
+static/dashboard.js (polling job progress, confirmations, calling the JSON API for actions).
+Access: with no API key configured everyone is admin; otherwise logging in with the admin key
+gives admin rights (activate, roll back, train, cancel), the read-only key gives a read-only view,
+and anonymous visitors get a read-only view unless reads require a key (then: the login page).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from service.api import deps
+from service.api.auth import ADMIN, SESSION_COOKIE, role_for_key, session_cookie, session_role
+from service.api.dashboard import svg
+from service.api.middleware.observability import QUERY_ROUTE
+from service.core.errors import NotFound
+from service.core.upgrades import SERVABLE_METHODS
+from service.settings import Settings
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals.update(svg=svg)
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+
+def _role(request: Request, settings: Settings) -> str | None:
+    if not settings.api_key:
+        return ADMIN
+    return session_role(settings, request.cookies.get(SESSION_COOKIE))
+
+
+def _page(request: Request, settings: Settings, template: str, **context) -> Response:
+    role = _role(request, settings)
+    if role is None and settings.read_requires_key:
+        return RedirectResponse("/dashboard/login", status_code=303)
+    context.update(role=role, is_admin=role == ADMIN, keys_configured=bool(settings.api_key))
+    return templates.TemplateResponse(request, template, context)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, settings: deps.SettingsDep, error: str | None = None) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"error": error, "role": _role(request, settings)})
+
+
+@router.post("/login")
+async def login(request: Request, settings: deps.SettingsDep) -> Response:
+    body = (await request.body())[:4096].decode("utf-8", "replace")
+    key = (parse_qs(body).get("api_key") or [""])[0]
+    role = role_for_key(settings, key) if key else None
+    if role is None:
+        return templates.TemplateResponse(request, "login.html", {"error": "key not accepted", "role": None},
+                                          status_code=401)
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(SESSION_COOKIE, session_cookie(settings, role), max_age=int(settings.session_hours * 3600),
+                        httponly=True, samesite="strict", secure=settings.secure_cookies, path="/")
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("", response_class=HTMLResponse)
+def overview(request: Request, settings: deps.SettingsDep, catalog: deps.CatalogDep, store: deps.StoreDep) -> Response:
+    models = catalog.models()
+    by_id = {m.id: m for m in models}
+    roots = [m for m in models if m.successor_of_id is None]
+    lineages = []
+    for root in roots:
+        members = catalog.lineage(root)
+        lineages.append({"root": root.name, "graph": [
+            {"name": m.name, "dim": m.dim, "parent": by_id[m.successor_of_id].name if m.successor_of_id else None}
+            for m in members]})
+    collections = []
+    for c in catalog.collections():
+        counts = store.item_counts(c.id)
+        base = by_id[c.base_model_id]
+        members = catalog.lineage(base)
+        total = sum(counts.values())
+        collections.append({
+            "name": c.name, "count": total, "target": members[-1].name,
+            "parts": [{"model": m.name, "count": counts.get(m.id, 0),
+                       "share": counts.get(m.id, 0) / total if total else 0.0} for m in members],
+            "progress": counts.get(members[-1].id, 0) / total if total else 1.0,
+        })
+    upgrades = [_upgrade_summary(store, by_id, u) for u in store.list_upgrades()]
+    return _page(request, settings, "overview.html", lineages=lineages, collections=collections, upgrades=upgrades)
+
+
+def _upgrade_summary(store, by_id, u) -> dict:
+    active = store.get_transformation(u.active_transformation_id) if u.active_transformation_id else None
+    return {"id": u.id, "old": by_id[u.old_model_id].name, "new": by_id[u.new_model_id].name,
+            "active": active, "pairs": store.pair_counts(u)}
+
+
+@router.get("/upgrades/{upgrade_id}", response_class=HTMLResponse)
+def upgrade_page(request: Request, upgrade_id: int, settings: deps.SettingsDep, catalog: deps.CatalogDep,
+                 store: deps.StoreDep, t: int | None = None) -> Response:
+    upgrade = store.get_upgrade(upgrade_id)
+    if upgrade is None:
+        raise NotFound(f"unknown upgrade {upgrade_id}", "upgrade_id")
+    by_id = {m.id: m for m in catalog.models()}
+    transformations = store.list_transformations(upgrade.id)
+    wanted = t if t is not None else upgrade.active_transformation_id
+    shown = next((x for x in transformations if x.id == wanted), transformations[-1] if transformations else None)
+    jobs = [j for j in store.list_jobs(subject=f"upgrade:{upgrade.id}", limit=10)]
+    return _page(request, settings, "upgrade.html", upgrade=_upgrade_summary(store, by_id, upgrade),
+                 transformations=list(reversed(transformations)), shown=shown, jobs=jobs,
+                 active_id=upgrade.active_transformation_id, methods=["auto", *[m for m in SERVABLE_METHODS
+                                                                                 if m != "auto"]])
+
+
+@router.get("/compatibility/{model}", response_class=HTMLResponse)
+def compatibility_page(request: Request, model: str, settings: deps.SettingsDep, catalog: deps.CatalogDep,
+                       compat: deps.CompatDep) -> Response:
+    record = catalog.model(model)
+    return _page(request, settings, "compatibility.html", result=compat.compute(record), model=record.name)
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request, settings: deps.SettingsDep, store: deps.StoreDep) -> Response:
+    return _page(request, settings, "jobs.html", jobs=store.list_jobs(limit=50))
+
+
+@router.get("/health", response_class=HTMLResponse)
+def health_page(request: Request, settings: deps.SettingsDep, metrics: deps.MetricsDep) -> Response:
+    return _page(request, settings, "health.html", queries=metrics.window.summary(QUERY_ROUTE),
+                 everything=metrics.window.summary())

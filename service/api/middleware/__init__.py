@@ -1,0 +1,1 @@
+"""ASGI middleware wrapped around every request: body-size limit and request metrics."""

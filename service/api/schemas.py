@@ -1,0 +1,291 @@
+"""Request and response bodies of the HTTP API (pydantic), with their limits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adapters import servable
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+Name = Field(pattern=NAME_PATTERN, description="Letters, digits and _ . : @ -, up to 128 characters.")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- models ------------------------------------------------------------------------------------
+class ModelCreate(_Strict):
+    name: str = Name
+    dim: int = Field(ge=1, description="Embedding dimension.")
+    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    successor_of: str | None = Field(None, description="Name of the model version this one upgrades.")
+    description: str | None = Field(None, max_length=4_000)
+
+
+class ModelOut(BaseModel):
+    name: str
+    dim: int
+    metric: str
+    successor_of: str | None
+    description: str | None
+    created_at: datetime
+    lineage: list[str] = Field(description="Every model of this model's lineage, oldest first.")
+
+
+# ---- collections -------------------------------------------------------------------------------
+class IndexOptions(_Strict):
+    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = Field(32, ge=4, le=128)
+    hnsw_ef_construction: int = Field(80, ge=8, le=2_000)
+    hnsw_ef_search: int = Field(64, ge=1, le=4_096)
+    ivf_nlist: int = Field(0, ge=0, le=1_000_000, description="0 = about 4·sqrt(n) at training time.")
+    ivf_nprobe: int = Field(16, ge=1, le=65_536)
+    ivf_train_min: int = Field(10_000, ge=100, description="Exact search until this many vectors.")
+
+
+class CollectionCreate(_Strict):
+    name: str = Name
+    model: str = Field(description="The model version the collection's vectors start in.")
+    index: IndexOptions = Field(default_factory=IndexOptions)
+
+
+class PartitionOut(BaseModel):
+    """One model version's vectors in a collection, as its index holds them now."""
+
+    model: str
+    vectors: int
+    structure: str = Field(description="flat | hnsw | ivf, or exact while an IVF partition is below ivf_train_min.")
+    rebuilding: bool = Field(description="A new index (IVF training, HNSW compaction) is being built beside the "
+                                         "live one; queries and writes continue meanwhile.")
+
+
+class CollectionOut(BaseModel):
+    name: str
+    model: str
+    index: IndexOptions
+    items: int
+    items_per_model: dict[str, int]
+    partitions: list[PartitionOut] = Field(default_factory=list)
+    created_at: datetime
+
+
+# ---- items -------------------------------------------------------------------------------------
+class ItemIn(_Strict):
+    id: str = Field(min_length=1, max_length=512)
+    vector: list[float] | None = None
+    vector_b64: str | None = Field(None, description="Base64 of little-endian float32 values.")
+    payload: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_vector(self) -> ItemIn:
+        if (self.vector is None) == (self.vector_b64 is None):
+            raise ValueError("give exactly one of vector or vector_b64")
+        return self
+
+
+class UpsertRequest(_Strict):
+    model: str
+    items: list[ItemIn]
+
+
+class UpsertOut(BaseModel):
+    model: str
+    received: int
+    created: int
+    updated: int
+
+
+class ItemOut(BaseModel):
+    id: str
+    model: str
+    payload: dict[str, Any] | None
+    updated_at: datetime
+    vector: list[float] | None = None
+
+
+# ---- queries -----------------------------------------------------------------------------------
+class QueryRequest(_Strict):
+    model: str = Field(description="The model version that embedded the query.")
+    vector: list[float] | None = None
+    vector_b64: str | None = None
+    vectors: list[list[float]] | None = Field(None, description="A batch of queries.")
+    vectors_b64: str | None = Field(None, description="A batch: base64 of n·dim little-endian float32.")
+    k: int = Field(10, ge=1, le=1_000)
+    include_payload: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> QueryRequest:
+        given = [f for f in ("vector", "vector_b64", "vectors", "vectors_b64") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of vector, vector_b64, vectors, vectors_b64")
+        return self
+
+    @property
+    def is_batch(self) -> bool:
+        return self.vectors is not None or self.vectors_b64 is not None
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(description="Higher is better: cosine, inner product, or -squared L2.")
+    model: str = Field(description="Model version of the stored representation that matched.")
+    payload: dict[str, Any] | None = None
+
+
+class ScoreMapOut(BaseModel):
+    a: float
+    b: float
+
+
+class PartitionReport(BaseModel):
+    model: str
+    items: int
+    reason: str | None = None
+    route: list[str] | None = Field(
+        None, description="Models the query passed through to reach this partition (absent: searched natively)."
+    )
+    transformations: list[int] | None = Field(None, description="Transformation ids along the route.")
+    score_map: ScoreMapOut | None = Field(
+        None, description="Calibration applied to this partition's scores: a*s + b (query model's scale)."
+    )
+
+
+class QueryResult(BaseModel):
+    hits: list[Hit]
+
+
+class QueryOut(BaseModel):
+    model: str
+    k: int
+    hits: list[Hit] | None = None
+    results: list[QueryResult] | None = None
+    searched: list[PartitionReport]
+    skipped: list[PartitionReport] = Field(
+        description="Partitions with items this query could not be compared with (no path yet)."
+    )
+
+
+# ---- upgrades ----------------------------------------------------------------------------------
+class PairsUpload(_Strict):
+    """Training pairs: row i of old and new embeds the same item. Give each side as JSON rows or base64."""
+
+    ids: list[str] | None = Field(None, description="Optional pair ids; re-sending an id replaces that pair.")
+    old_vectors: list[list[float]] | None = None
+    old_vectors_b64: str | None = Field(None, description="Base64 of n·d_old little-endian float32.")
+    new_vectors: list[list[float]] | None = None
+    new_vectors_b64: str | None = Field(None, description="Base64 of n·d_new little-endian float32.")
+    labels: list[str | int] | None = Field(None, description="Optional class labels (enable label-aware losses).")
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> PairsUpload:
+        for side in ("old", "new"):
+            given = [getattr(self, f"{side}_vectors") is not None, getattr(self, f"{side}_vectors_b64") is not None]
+            if sum(given) != 1:
+                raise ValueError(f"give exactly one of {side}_vectors, {side}_vectors_b64")
+        if self.ids is not None and any(not (1 <= len(i) <= 512) for i in self.ids):
+            raise ValueError("ids must be 1 to 512 characters")
+        if self.labels is not None and any(len(str(v)) > 256 for v in self.labels):
+            raise ValueError("labels must be at most 256 characters")
+        return self
+
+
+class PairsOut(BaseModel):
+    upgrade_id: int
+    received: int
+    created: int
+    replaced: int
+    pairs: dict[str, int]
+
+
+class UpgradeCreate(_Strict):
+    old_model: str
+    new_model: str = Field(description="A later version of old_model's lineage (e.g. v3 for v1).")
+
+
+class TrainRequest(_Strict):
+    method: str = Field("auto", description=f"One of the servable methods: {', '.join(servable())}.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Method parameters (see docs/adapters.md).")
+    label_field: str | None = Field(
+        None, max_length=128, description="Payload field holding the class label of re-embedded gallery items."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class ActivateRequest(_Strict):
+    transformation: int | None = Field(None, description="Transformation id; default: the newest one.")
+    force: bool = Field(False, description="Activate even though it does not pass the compatibility criterion.")
+
+
+class TransformationOut(BaseModel):
+    id: int
+    method: str
+    job_id: int | None
+    passes_ecc: bool
+    active: bool
+    created_at: datetime
+    activated_at: datetime | None
+    evaluation: dict[str, Any]
+
+
+class UpgradeOut(BaseModel):
+    id: int
+    old_model: str
+    new_model: str
+    active_transformation: int | None
+    pairs: dict[str, int]
+    transformations: list[TransformationOut]
+    jobs: list[int] = Field(description="Training jobs of this upgrade, newest first.")
+    created_at: datetime
+    updated_at: datetime
+
+
+# ---- jobs --------------------------------------------------------------------------------------
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    subject: str | None
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    message: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    log_tail: str
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+# ---- backfill ----------------------------------------------------------------------------------
+class BackfillModel(BaseModel):
+    model: str
+    items: int
+    retired: bool
+
+
+class BackfillSuggestion(BaseModel):
+    id: str
+    model: str
+    predicted_error: float | None
+
+
+class BackfillOut(BaseModel):
+    collection: str
+    target: str
+    items: int
+    migrated: int
+    progress: float = Field(description="Share of the items whose vector is in the target model.")
+    models: list[BackfillModel]
+    order: str = Field(description="How `suggested` is ordered.")
+    suggested: list[BackfillSuggestion]
+
+
+class RetireRequest(_Strict):
+    model: str

@@ -1,0 +1,1 @@
+"""Command-line entry points: `nobackfill serve | migrate | worker | evaluate | jobs watch`."""

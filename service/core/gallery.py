@@ -1,0 +1,270 @@
+"""Gallery operations: durable writes mirrored into the index, and queries over partitions.
+
+Write path (per collection, serialised by a lock so the index sees changes in commit order):
+1. validate everything, 2. commit the batch to the database (this is the durability point),
+3. mirror it into the index atomically (remove replaced vectors, add new ones).
+If the process dies between 2 and 3, start-up reconciliation (`service.core.index_sync`) repairs the
+index from the database, so an acknowledged write is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from index import IndexBackend, IndexSpec, PartitionKey, PartitionState, PartitionWrite, SearchResult
+from service.core.catalog import Catalog
+from service.core.errors import Conflict, Invalid, NotFound, Unavailable
+from service.core.hit_cache import HitCache
+from service.core.index_sync import reconcile_collection
+from service.core.transform_graph import Route, TransformGraph
+from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoredHit:
+    key: str
+    score: float
+    model_id: int
+    payload: dict | None
+
+
+@dataclass
+class SearchedPartition:
+    items: int
+    route: Route
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """A query bound to its arguments, and whether it is cheap enough to run on the event loop."""
+
+    run: Callable[[], QueryOutcome]
+    inline: bool
+
+
+@dataclass
+class QueryOutcome:
+    hits: list[list[ScoredHit]]
+    searched: dict[int, SearchedPartition] = field(default_factory=dict)  # model id -> how
+    skipped: dict[int, int] = field(default_factory=dict)  # model id -> items (no route)
+
+
+class Gallery:
+    def __init__(self, store: Store, catalog: Catalog, backend: IndexBackend, transforms: TransformGraph,
+                 hit_cache_items: int = 0, inline_search_work: int = 0) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.backend = backend
+        self.transforms = transforms
+        self.hits = HitCache(hit_cache_items)
+        self.ready = threading.Event()
+        self._write_locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.inline_search_work = inline_search_work
+
+    def write_lock(self, collection_id: int) -> threading.Lock:
+        with self._locks_guard:
+            return self._write_locks.setdefault(collection_id, threading.Lock())
+
+    def ensure_partition(self, collection: CollectionRecord, model: ModelRecord) -> PartitionKey:
+        key = PartitionKey(collection.id, model.id)
+        self.backend.ensure_partition(key, model.dim, model.metric, IndexSpec.from_dict(collection.index_spec))
+        return key
+
+    def model_dims(self) -> dict[int, tuple[int, str]]:
+        return {m.id: (m.dim, m.metric) for m in self.catalog.models()}
+
+    def _require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise Unavailable("indexes are still loading; retry shortly")
+
+    # ---- writes -------------------------------------------------------------------------------
+    def upsert(
+        self,
+        collection: CollectionRecord,
+        model: ModelRecord,
+        keys: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict | None],
+    ) -> UpsertOutcome:
+        self._require_ready()
+        if not keys:
+            raise Invalid("must contain at least one item", "items")
+        seen: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key in seen:
+                raise Invalid(f"id {key!r} appears twice in one batch (also at items[{seen[key]}])", f"items[{i}].id")
+            seen[key] = i
+        with self.write_lock(collection.id):  # retire() takes this lock too: no write slips past it
+            if model.id in self.store.retired_models(collection.id):
+                raise Conflict(f"model {model.name!r} is retired in collection {collection.name!r}", "model")
+            target = self.ensure_partition(collection, model)
+            outcome = self.store.upsert_items(collection.id, model.id, keys, vectors, payloads)
+            writes: dict[str, PartitionWrite] = {}
+            for old_model_id, old_ids in outcome.replaced.items():
+                if self.backend.has_partition(PartitionKey(collection.id, old_model_id)):
+                    writes.setdefault(old_model_id, PartitionWrite()).remove = old_ids
+            write = writes.setdefault(target.model, PartitionWrite())
+            write.add_ids, write.add_vectors = outcome.ids, vectors
+            self._mirror(collection, writes, outcome.tag)
+            self.hits.invalidate(collection.id, outcome.ids)  # payloads may have changed
+        return outcome
+
+    def delete(self, collection: CollectionRecord, key: str) -> None:
+        self._require_ready()
+        with self.write_lock(collection.id):
+            removed = self.store.delete_item(collection.id, key)
+            if removed is None:
+                raise NotFound(f"no item {key!r} in collection {collection.name!r}", "id")
+            model_id, row_id, tag = removed
+            pkey = PartitionKey(collection.id, model_id)
+            writes = {model_id: PartitionWrite(remove=np.array([row_id], dtype=np.int64))}
+            self._mirror(collection, writes if self.backend.has_partition(pkey) else {}, tag)
+            self.hits.invalidate(collection.id, [row_id])
+
+    def retire(self, collection: CollectionRecord, model: ModelRecord) -> None:
+        """Refuse while items remain in `model`; else mark it retired and drop its empty partition."""
+        with self.write_lock(collection.id):
+            remaining = self.store.retire_model(collection.id, model.id)
+            if remaining:
+                raise Conflict(f"{remaining} item(s) of collection {collection.name!r} are still in model "
+                               f"{model.name!r}; re-embed them before retiring it", "model")
+            pkey = PartitionKey(collection.id, model.id)
+            if self.backend.has_partition(pkey):
+                self.backend.drop_partition(pkey)
+
+    def _mirror(self, collection: CollectionRecord, writes: dict[int, PartitionWrite], tag: int) -> None:
+        """Apply committed changes to the index; on failure repair the collection from the store."""
+        try:
+            self.backend.apply(collection.id, writes, tag)
+        except Exception:
+            log.exception("index update failed for collection %s; reconciling from the store", collection.name)
+            reconcile_collection(self.store, self.backend, collection, self.model_dims())
+
+    # ---- reads --------------------------------------------------------------------------------
+    def get_item(self, collection: CollectionRecord, key: str) -> ItemRecord:
+        item = self.store.get_item(collection.id, key, lambda mid: self.catalog.model_by_id(mid).dim)
+        if item is None:
+            raise NotFound(f"no item {key!r} in collection {collection.name!r}", "id")
+        return item
+
+    def partition_sizes(self, collection: CollectionRecord) -> dict[int, int]:
+        """Live vectors per model id, as the index currently holds them."""
+        sizes = {}
+        for pkey in self.backend.partitions(collection.id):
+            n = self.backend.count(pkey)
+            if n:
+                sizes[pkey.model] = n
+        return sizes
+
+    def partition_states(self, collection: CollectionRecord) -> dict[int, PartitionState]:
+        """Per model id: the index structure searched now and whether a rebuild is running."""
+        return {pkey.model: self.backend.state(pkey) for pkey in self.backend.partitions(collection.id)}
+
+    def search_work(self, collection: CollectionRecord, sizes: dict[int, int], n_queries: int) -> int:
+        """Rough multiply-add count of a search over the partitions in `sizes`."""
+        return sum(n_queries * self.backend.search_cost(PartitionKey(collection.id, mid)) for mid in sizes)
+
+    def plan_query(self, collection: CollectionRecord, model: ModelRecord, queries: np.ndarray, k: int,
+                   include_payload: bool = True) -> QueryPlan:
+        """A query ready to run, with where it should run.
+
+        Small searches run on the caller's event loop: a thread-pool hop costs more than a
+        sub-millisecond FAISS search. Searches estimated above `inline_search_work` multiply-adds
+        (big flat partitions, big batches) are marked for the thread pool, so the loop keeps
+        serving other requests and FAISS, which releases the GIL, can use every core.
+        """
+        sizes = self.partition_sizes(collection)
+        inline = self.search_work(collection, sizes, len(queries)) <= self.inline_search_work
+        return QueryPlan(partial(self.query, collection, model, queries, k, include_payload, sizes), inline)
+
+    def query(
+        self,
+        collection: CollectionRecord,
+        model: ModelRecord,
+        queries: np.ndarray,
+        k: int,
+        include_payload: bool = True,
+        sizes: dict[int, int] | None = None,
+    ) -> QueryOutcome:
+        """Search every partition the query model can reach and merge into one ranking.
+
+        Each partition is searched with the query brought into its space along the best active
+        route (routing.py) and its scores put on the query model's scale, so one merge ranks items
+        stored in any version. Partitions without a route are reported as skipped; if nothing is
+        reachable the query is a 409 rather than a silently empty answer.
+        """
+        self._require_ready()
+        sizes = self.partition_sizes(collection) if sizes is None else sizes
+        table = self.transforms.table  # one snapshot for the whole query (activation swaps it atomically)
+        outcome = QueryOutcome(hits=[[] for _ in range(len(queries))])
+        for mid, n in sizes.items():
+            route = table.route(model.id, mid)
+            if route is None:
+                outcome.skipped[mid] = n
+            else:
+                outcome.searched[mid] = SearchedPartition(n, route)
+        if not outcome.searched and outcome.skipped:
+            names = ", ".join(self.catalog.model_by_id(m).name for m in outcome.skipped)
+            raise Conflict(
+                f"collection {collection.name!r} holds no vectors in model {model.name!r} and there is no "
+                f"active transformation from {model.name!r} to its stored models ({names})",
+                "model",
+            )
+        if not outcome.searched:
+            return outcome
+        per_partition = {
+            mid: (part.route.apply(queries) if part.route.edges else queries) for mid, part in outcome.searched.items()
+        }
+        results = self.backend.search(collection.id, per_partition, k)
+        for mid, result in results.items():
+            route = outcome.searched[mid].route
+            if route.edges:
+                result.scores = route.score_map(result.scores)
+        merged = _merge(results, k)
+        wanted = sorted({item_id for row in merged for _, item_id, _ in row})
+        records = self.hits.resolve(collection.id, wanted, lambda ids: self.store.hits_by_id(collection.id, ids))
+        for qi, row in enumerate(merged):
+            outcome.hits[qi] = _resolve(row, records, k, include_payload)
+        return outcome
+
+
+def _merge(results: dict[int, SearchResult], k: int) -> list[list[tuple[float, int, int]]]:
+    """Merge per-partition top-k lists into one best-first list per query (score, id, model id)."""
+    models = list(results)
+    scores = np.concatenate([results[m].scores for m in models], axis=1)
+    ids = np.concatenate([results[m].ids for m in models], axis=1)
+    owner = np.concatenate([np.full(results[m].ids.shape[1], i) for i, m in enumerate(models)])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : k * 2]  # spare rows cover deleted items
+    merged = []
+    for qi in range(scores.shape[0]):
+        row = []
+        for j in order[qi]:
+            if ids[qi, j] >= 0:
+                row.append((float(scores[qi, j]), int(ids[qi, j]), models[owner[j]]))
+        merged.append(row)
+    return merged
+
+
+def _resolve(row: list[tuple[float, int, int]], records: dict[int, HitRecord], k: int,
+             include_payload: bool) -> list[ScoredHit]:
+    """Turn (score, id) pairs into hits, dropping items deleted since the search and duplicates."""
+    hits: list[ScoredHit] = []
+    seen: set[str] = set()
+    for score, item_id, model_id in row:
+        rec = records.get(item_id)
+        if rec is None or rec.key in seen:
+            continue
+        seen.add(rec.key)
+        hits.append(ScoredHit(rec.key, score, model_id, rec.payload if include_payload else None))
+        if len(hits) == k:
+            break
+    return hits

@@ -1,0 +1,210 @@
+"""Upgrades: training pairs, training jobs, activation and rollback of transformations.
+
+An upgrade (old model -> new model) exists from the moment a successor model is registered. Its
+training pairs are uploaded ones plus gallery items re-embedded into the new model (their old
+vector is kept in item_history). Training runs as a durable job (service/core/jobs.py) that builds an
+`UpgradeBundle` (adapters/bundle.py): the transformation, a reverse map, score calibration and a
+backfill-order model, all evaluated on held-out pairs. A bundle that passes the empirical
+compatibility criterion is activated at once; one that does not waits for an explicit, forced
+activation. Activation (and rollback: re-activating an older transformation) is one database
+update followed by a routing-table swap, so queries switch between two requests, never inside one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters import create, servable
+from adapters.bundle import build_bundle
+from service.core.catalog import Catalog
+from service.core.errors import Conflict, Invalid, NotFound
+from service.core.jobs import JobContext
+from service.settings import Settings
+from service.store import JobRecord, Store, TransformationRecord, UpgradeRecord
+
+log = logging.getLogger(__name__)
+
+TRAIN_JOB = "train_upgrade"
+SERVABLE_METHODS = servable()
+
+
+class Upgrades:
+    def __init__(self, store: Store, catalog: Catalog, settings: Settings,
+                 on_activation: Callable[[], object] | None = None) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.settings = settings
+        # The serving process reloads its routing table at once; a separate worker passes nothing
+        # (servers notice the stored revision change within ROUTING_REFRESH_SECONDS).
+        self.on_activation = on_activation or (lambda: None)
+        self.on_job_queued = None  # the in-process worker's wake-up, when there is one
+
+    @property
+    def root(self) -> Path:
+        return self.settings.data_dir / "transformations"
+
+    def upgrade(self, upgrade_id: int) -> UpgradeRecord:
+        found = self.store.get_upgrade(upgrade_id)
+        if found is None:
+            raise NotFound(f"unknown upgrade {upgrade_id}", "upgrade_id")
+        return found
+
+    def create_direct(self, old_name: str, new_name: str) -> UpgradeRecord:
+        """An extra upgrade that skips versions (v1 -> v3); routing uses it where it measures better
+        than the chain of successor upgrades."""
+        old = self.catalog.model(old_name, field="old_model")
+        new = self.catalog.model(new_name, field="new_model")
+        ancestors, cursor = set(), new
+        while cursor.successor_of_id is not None:
+            ancestors.add(cursor.successor_of_id)
+            cursor = self.catalog.model_by_id(cursor.successor_of_id)
+        if old.id not in ancestors:
+            raise Invalid(f"{new.name!r} is not a later version of {old.name!r} in one lineage", "new_model")
+        created = self.store.create_upgrade(old.id, new.id)
+        if created is None:
+            raise Conflict(f"an upgrade {old.name!r} -> {new.name!r} already exists", "new_model")
+        return created
+
+    # ---- pairs --------------------------------------------------------------------------------
+    def add_pairs(
+        self, upgrade: UpgradeRecord, keys: list[str] | None, old: np.ndarray, new: np.ndarray,
+        labels: list[str] | None,
+    ) -> tuple[int, int]:
+        if keys is not None:
+            if len(keys) != len(old):
+                raise Invalid(f"has {len(keys)} ids for {len(old)} pairs", "ids")
+            dupes = len(keys) - len(set(keys))
+            if dupes:
+                raise Invalid(f"contains {dupes} repeated id(s)", "ids")
+        if labels is not None and len(labels) != len(old):
+            raise Invalid(f"has {len(labels)} labels for {len(old)} pairs", "labels")
+        return self.store.add_pairs(upgrade.id, keys, old, new, labels)
+
+    # ---- training -----------------------------------------------------------------------------
+    def start_training(
+        self, upgrade: UpgradeRecord, method: str, params: dict[str, Any], label_field: str | None, seed: int
+    ) -> JobRecord:
+        if method not in SERVABLE_METHODS:
+            raise Invalid(f"unknown or unservable method {method!r}; choose from {', '.join(SERVABLE_METHODS)}",
+                          "method")
+        try:
+            create(method, **params)
+        except (TypeError, ValueError) as exc:
+            raise Invalid(str(exc), "params") from None
+        counts = self.store.pair_counts(upgrade)
+        total = counts["uploaded"] + counts["from_items"]
+        if total < self.settings.min_training_pairs:
+            raise Conflict(
+                f"upgrade {upgrade.id} has {total} training pairs ({counts['uploaded']} uploaded, "
+                f"{counts['from_items']} from re-embedded items); training needs at least "
+                f"{self.settings.min_training_pairs}", "pairs")
+        job = self.store.create_job(
+            TRAIN_JOB, f"upgrade:{upgrade.id}",
+            {"upgrade_id": upgrade.id, "method": method, "params": params, "label_field": label_field, "seed": seed},
+            max_attempts=self.settings.job_max_attempts,
+        )
+        if self.on_job_queued is not None:
+            self.on_job_queued()
+        return job
+
+    def run_training(self, ctx: JobContext) -> dict[str, Any]:
+        """The job handler: pairs -> bundle -> files -> transformation row -> maybe activation."""
+        p = ctx.job.params
+        upgrade = self.upgrade(p["upgrade_id"])
+        old_model = self.catalog.model_by_id(upgrade.old_model_id)
+        new_model = self.catalog.model_by_id(upgrade.new_model_id)
+        ctx.progress(0.01, "loading training pairs")
+        pairs = self.store.load_pairs(upgrade, old_model.dim, new_model.dim, p.get("label_field"))
+        ctx.log(f"{len(pairs.old)} pairs ({pairs.uploaded} uploaded, {pairs.from_items} from re-embedded items), "
+                f"labels: {'yes' if pairs.labels is not None else 'no'}")
+        if len(pairs.old) < self.settings.min_training_pairs:
+            raise ValueError(f"only {len(pairs.old)} training pairs; need {self.settings.min_training_pairs}")
+        _limit_torch_threads(self.settings.job_threads)
+        bundle = build_bundle(
+            pairs.old, pairs.new, pairs.labels, method=p["method"], params=p.get("params") or {},
+            metric_old=old_model.metric, metric_new=new_model.metric, seed=int(p.get("seed", 0)),
+            max_holdout=self.settings.max_holdout_pairs,
+            progress=lambda f, m: ctx.progress(0.02 + 0.93 * f, m),
+        )
+        ev = bundle.evaluation
+        ev["pairs"].update(uploaded=pairs.uploaded, from_items=pairs.from_items)
+        new_old = ev["rows"]["new/old"]
+        ctx.log(f"{ev['selected']}: new/old mAP@R {new_old['mAP@R']:.4f} (old/old "
+                f"{ev['rows']['old/old']['mAP@R']:.4f}, new/new {ev['rows']['new/new']['mAP@R']:.4f}); "
+                f"ECC {'passed' if ev['ecc'] else 'NOT passed'}; gap closed {_fmt(ev['gap_closed'])}")
+        ctx.progress(0.96, "saving the transformation")
+        relative = Path(f"u{upgrade.id}") / f"job{ctx.job.id}-{uuid.uuid4().hex[:8]}"
+        staging = self.root / (str(relative) + ".partial")
+        bundle.save(staging)
+        staging.rename(self.root / relative)  # complete files appear at once
+        record = self.store.add_transformation(upgrade.id, ctx.job.id, ev["selected"],
+                                               str(Path("transformations") / relative), bundle.passes_ecc, ev)
+        activated = False
+        if bundle.passes_ecc:
+            self.activate(upgrade, record.id, force=False)
+            activated = True
+            ctx.log(f"transformation {record.id} passes the ECC: activated")
+        else:
+            ctx.log(f"transformation {record.id} does not pass the ECC: not activated (activate with force)")
+        return {"transformation_id": record.id, "activated": activated, "passes_ecc": bundle.passes_ecc,
+                "selected": ev["selected"], "gap_closed": ev["gap_closed"]}
+
+    # ---- activation ---------------------------------------------------------------------------
+    def transformation(self, upgrade: UpgradeRecord, transformation_id: int | None) -> TransformationRecord:
+        if transformation_id is None:
+            records = self.store.list_transformations(upgrade.id)
+            if not records:
+                raise Conflict(f"upgrade {upgrade.id} has no trained transformation yet", "transformation")
+            return records[-1]
+        found = self.store.get_transformation(transformation_id)
+        if found is None or found.upgrade_id != upgrade.id:
+            raise NotFound(f"upgrade {upgrade.id} has no transformation {transformation_id}", "transformation")
+        return found
+
+    def activate(self, upgrade: UpgradeRecord, transformation_id: int | None, force: bool) -> UpgradeRecord:
+        record = self.transformation(upgrade, transformation_id)
+        if not record.passes_ecc and not force:
+            raise Conflict(
+                f"transformation {record.id} does not pass the compatibility criterion on held-out pairs "
+                f"(new/old mAP@R {record.evaluation['rows']['new/old']['mAP@R']:.4f} <= old/old "
+                f"{record.evaluation['rows']['old/old']['mAP@R']:.4f}); send force=true to activate it anyway",
+                "force")
+        if not (self.settings.data_dir / record.path).exists():
+            raise Conflict(f"the files of transformation {record.id} are missing", "transformation")
+        updated = self.store.activate(upgrade.id, record.id)
+        self.on_activation()
+        log.info("upgrade %s: transformation %s active", upgrade.id, record.id)
+        return updated
+
+    def deactivate(self, upgrade: UpgradeRecord) -> UpgradeRecord:
+        updated = self.store.activate(upgrade.id, None)
+        self.on_activation()
+        return updated
+
+    def discard_partial_files(self) -> None:
+        """Remove bundles a crash left half-written (never referenced from the database). Only old
+        ones: a separate worker may be writing one right now."""
+        cutoff = time.time() - self.settings.job_stale_seconds
+        for partial in self.root.glob("u*/*.partial"):
+            if partial.stat().st_mtime < cutoff:
+                shutil.rmtree(partial, ignore_errors=True)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _limit_torch_threads(threads: int) -> None:
+    """Keep training from taking every core away from query serving."""
+    import torch
+
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
