@@ -23,8 +23,7 @@ from service.api.errors import install_error_handlers
 from service.api.json_body import install_openapi
 from service.api.middleware.body_limit import BodyLimitMiddleware
 from service.api.middleware.observability import Metrics, MetricsMiddleware
-from service.api.routes import collections, health, jobs, models
-from service.api.routes import upgrades as upgrade_routes
+from service.api.routes import ROUTERS, collections
 from service.api.schemas import PairsUpload, QueryRequest, UpsertRequest
 from service.core.backfill import Backfill
 from service.core.catalog import Catalog
@@ -122,11 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(models.router)
-    app.include_router(collections.router)
-    app.include_router(upgrade_routes.router)
-    app.include_router(jobs.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.include_router(dashboard_views.router)
     app.router.routes.insert(0, collections.fast_query_route)  # the query hot path, first to match
     app.mount("/dashboard/static", StaticFiles(directory=dashboard_views.HERE / "static"), name="dashboard-static")

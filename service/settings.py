@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,9 +43,19 @@ class Settings(BaseSettings):
         200_000, ge=0, description="Item records (key, payload) cached for query results (0 = always ask the database)."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    index_backend: Literal["faiss"] = Field(
-        "faiss", description="Where gallery vectors live: the embedded FAISS backend (files under data_dir)."
+    index_backend: str = Field(
+        "faiss", description="Where gallery vectors live: a sub-package of index/ (faiss: embedded, files under "
+        "data_dir)."
     )
+
+    @field_validator("index_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from index import available_backends
+
+        if value not in available_backends():
+            raise ValueError(f"unknown index backend {value!r}; choose from {', '.join(available_backends())}")
+        return value
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_batch_items: int = Field(10_000, ge=1, description="Largest upsert batch (items per request).")
     max_query_batch: int = Field(1_024, ge=1, description="Largest number of query vectors per request.")

@@ -133,3 +133,13 @@ def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff") or str(ROOT / ".venv/bin/ruff")
     result = subprocess.run([ruff, "check", "--no-cache", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_settings_refuse_an_unknown_index_backend(tmp_path) -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    assert Settings(data_dir=tmp_path).index_backend == "faiss"
+    with pytest.raises(ValidationError, match="unknown index backend 'nope'"):
+        Settings(data_dir=tmp_path, index_backend="nope")

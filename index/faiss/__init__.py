@@ -5,6 +5,20 @@
 `gpu.py` keeps GPU replicas where faiss-gpu sees a device; `rwlock.py` is the per-collection lock.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
 from index.faiss.backend import FaissBackend
 
-__all__ = ["FaissBackend"]
+
+def build(directory: Path | None = None, device: str = "cpu", threads: int | None = None,
+          **options: Any) -> FaissBackend:
+    """The backend `index.create_backend("faiss", ...)` returns."""
+    if options:
+        raise ValueError(f"faiss backend: unknown options {sorted(options)}")
+    return FaissBackend(directory, device=device, threads=threads)  # type: ignore[arg-type]
+
+
+__all__ = ["FaissBackend", "build"]
