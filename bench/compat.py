@@ -13,7 +13,7 @@ without labels -- test relevance is always "same WordNet category") and each spl
   seeds): the honest test of generalisation to content the pairs never covered.
 it runs the evaluate engine with `--method auto` (every method fitted on the training half; auto
 chooses by out-of-fold scores on the training pairs) and records every method's new/old numbers. Writes
-bench/results/compat.json and bench/results/compat.md (the table in README).
+bench/results/compat.json and bench/results/compat.md (the tables in docs/benchmarks.md).
 
 `--dataset wordnet-20k --items N` runs the same protocol on N items drawn at random from the 20,000
 WordNet-20k definitions (disjoint from WordNet-4k, natural category sizes rather than <= 100 per

@@ -1,4 +1,4 @@
-"""README tables from the serving benchmark's JSON files (so the README shows exactly what ran).
+"""The serving tables of docs/benchmarks.md, from the benchmark's JSON files (they show exactly what ran).
 
     python -m bench.report                        # every bench/results/serving_*.json
 

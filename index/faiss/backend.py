@@ -31,8 +31,8 @@ from index.backend import (
     SearchResult,
 )
 from index.faiss.gpu import Device, GpuReplicator, resolve_device
-from index.faiss.kinds import new_partition
-from index.faiss.partition import FaissPartition, read_snapshot
+from index.faiss.kinds import new_partition, read_snapshot
+from index.faiss.partition import FaissPartition
 from index.faiss.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,20 @@
-"""The partition class for each index kind of `IndexSpec.kind`: a new kind is one module + one line."""
+"""The partition class for each index kind of `IndexSpec.kind` (a new kind is one module + one line),
+and the two ways to get a partition: empty, or from a snapshot."""
 
 from __future__ import annotations
+
+import json
+import zipfile
+from typing import BinaryIO
+
+import faiss
+import numpy as np
 
 from index.backend import IndexSpec, Metric
 from index.faiss.flat import FlatPartition
 from index.faiss.hnsw import HnswPartition
 from index.faiss.ivf import IvfPartition
-from index.faiss.partition import FaissPartition
+from index.faiss.partition import INDEX_MEMBER, FaissPartition
 
 PARTITION_KINDS: dict[str, type[FaissPartition]] = {
     cls.kind: cls for cls in (FlatPartition, HnswPartition, IvfPartition)
@@ -20,3 +28,26 @@ def new_partition(dim: int, metric: Metric, spec: IndexSpec, auto_rebuild: bool 
     except KeyError:
         raise ValueError(f"unknown index kind {spec.kind!r}; choose from {', '.join(PARTITION_KINDS)}") from None
     return cls(dim, metric, spec, auto_rebuild=auto_rebuild)
+
+
+def read_snapshot(fh: BinaryIO, dim: int, metric: Metric, spec: IndexSpec) -> tuple[FaissPartition, int]:
+    """Load a snapshot; raise ValueError if it was written for another dim/metric/spec.
+
+    Also reads the earlier layout (the index serialised into an `index.npy` member)."""
+    with zipfile.ZipFile(fh) as archive:
+        def array(name: str) -> np.ndarray:
+            with archive.open(f"{name}.npy") as member:
+                return np.load(member, allow_pickle=False)
+
+        meta = json.loads(array("meta").tobytes().decode())
+        if meta["dim"] != dim or meta["metric"] != metric or IndexSpec.from_dict(meta["spec"]) != spec:
+            raise ValueError("snapshot was written for a different partition configuration")
+        part = new_partition(dim, metric, spec)
+        if INDEX_MEMBER in archive.namelist():
+            with archive.open(INDEX_MEMBER) as member:
+                part.index = faiss.read_index(faiss.PyCallbackIOReader(member.read))
+        else:
+            part.index = faiss.deserialize_index(array("index"))
+        part._load_snapshot_arrays({"slot_ids": array("slot_ids").astype(np.int64),
+                                    "slot_live": array("slot_live").astype(bool)})
+    return part, int(meta["tag"])

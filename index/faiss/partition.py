@@ -25,7 +25,7 @@ import numpy as np
 
 from index.backend import IndexSpec, Metric, SearchResult
 
-_INDEX_MEMBER = "index.faiss"  # the snapshot zip member FAISS streams the index into
+INDEX_MEMBER = "index.faiss"  # the snapshot zip member FAISS streams the index into
 _EMPTY_IDS = np.empty(0, dtype=np.int64)
 
 
@@ -215,33 +215,8 @@ class FaissPartition(ABC):
         meta = {"tag": tag, "dim": self.dim, "metric": self.metric, "spec": self.spec.to_dict()}
         arrays = {**self._snapshot_arrays(), "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
         with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            with archive.open(_INDEX_MEMBER, "w", force_zip64=True) as member:
+            with archive.open(INDEX_MEMBER, "w", force_zip64=True) as member:
                 faiss.write_index(self.index, faiss.PyCallbackIOWriter(member.write))
             for name, array in arrays.items():
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.save(member, array, allow_pickle=False)
-
-
-def read_snapshot(fh: BinaryIO, dim: int, metric: Metric, spec: IndexSpec) -> tuple[FaissPartition, int]:
-    """Load a snapshot; raise ValueError if it was written for another dim/metric/spec.
-
-    Also reads the earlier layout (the index serialised into an `index.npy` member)."""
-    from index.faiss.kinds import new_partition
-
-    with zipfile.ZipFile(fh) as archive:
-        def array(name: str) -> np.ndarray:
-            with archive.open(f"{name}.npy") as member:
-                return np.load(member, allow_pickle=False)
-
-        meta = json.loads(array("meta").tobytes().decode())
-        if meta["dim"] != dim or meta["metric"] != metric or IndexSpec.from_dict(meta["spec"]) != spec:
-            raise ValueError("snapshot was written for a different partition configuration")
-        part = new_partition(dim, metric, spec)
-        if _INDEX_MEMBER in archive.namelist():
-            with archive.open(_INDEX_MEMBER) as member:
-                part.index = faiss.read_index(faiss.PyCallbackIOReader(member.read))
-        else:
-            part.index = faiss.deserialize_index(array("index"))
-        part._load_snapshot_arrays({"slot_ids": array("slot_ids").astype(np.int64),
-                                    "slot_live": array("slot_live").astype(bool)})
-    return part, int(meta["tag"])
