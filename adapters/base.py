@@ -41,6 +41,7 @@ class FitReport:
     fit_seconds: float = 0.0
     steps: int = 0
     stopped_early: bool = False
+    stayed_at_start: bool = False  # trained, but no step beat the initial state (it returns its start)
     best_val_loss: float | None = None
     # [{"step", "train_loss", "val_loss"}]; val_loss is lower-is-better (see notes["val_objective"])
     curve: list[dict[str, float]] = field(default_factory=list)

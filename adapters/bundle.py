@@ -4,12 +4,18 @@ An `UpgradeBundle` holds, for old model A -> new model B:
 - `to_old`: the compatibility transformation (B queries -> A space), any method of the registry;
 - an A -> B map for *old-model* queries against items already re-embedded into B: the method's own
   `forward` map where it has one, else a centred orthogonal Procrustes fitted in the reverse
-  direction; both are measured on the held-out pairs and the better one is kept;
-- score maps putting routed scores on the query model's scale (calibration.py), both directions;
+  direction; the better on the held-out pairs is kept, and its reported old/new row is
+  cross-fitted (chosen on one half of the held-out pairs, measured on the other, both ways);
+- score maps putting routed scores on the query model's scale (calibration.py), both directions,
+  fitted on one half of the held-out pairs and chosen on the other -- they enter no reported row (they only merge items
+  that have no vector in the partition a query ranks by, service/core/merge.py);
 - a reliability model ordering the backfill (reliability.py);
+- the migration curve: quality of new- and old-model queries as a gallery of held-out items is
+  re-embedded in a random and in the suggested order, under the service's merge (migration.py);
 - the evaluation on held-out pairs: old/old, new/new, new/old raw, new/old through the
   transformation, old/new through the reverse map, ECC, gap closed.
-The held-out pairs are never trained on: the evaluation describes exactly the maps that are saved.
+The transformation and the reverse maps are never trained on the held-out pairs, and no reported
+row is measured on pairs that chose it: the evaluation describes the maps that are saved.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from adapters.calibration import ScoreMap, fit_distribution_map, fit_score_map, 
 from adapters.calibration import scores as calibration_scores
 from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, method_row
 from adapters.metrics import gap_closed
+from adapters.migration import clearly_better, migration_curve, quality_ratios
 from adapters.registry import create, load
 from adapters.reliability import ReliabilityModel, fit_reliability, item_errors, spearman
 from adapters.vectors import check_pairs
@@ -58,10 +65,15 @@ class UpgradeBundle:
 
     def quality(self, direction: str) -> float:
         """Share of the query model's own retrieval quality kept through this map (for routing)."""
-        rows = self.evaluation["rows"]
-        if direction == "new->old":
-            return _ratio(rows["new/old"][PRIMARY], rows["new/new"][PRIMARY])
-        return _ratio(rows["old/new"][PRIMARY], rows["old/old"][PRIMARY])
+        return self.ratios(direction)[PRIMARY]
+
+    def ratios(self, direction: str) -> dict[str, float]:
+        """`quality` per metric (top-1 and mAP@R)."""
+        return quality_ratios(self.evaluation["rows"], direction)
+
+    @property
+    def holdout_pairs(self) -> int:
+        return int(self.evaluation.get("pairs", {}).get("holdout", 0))
 
     # ---- persistence --------------------------------------------------------------------------
     def save(self, directory: Path | str) -> Path:
@@ -106,8 +118,27 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _ratio(a: float, b: float) -> float:
-    return float(max(a, 1e-6) / max(b, 1e-6))
+def _stayed_at_start(report) -> bool:
+    """Whether the saved map is its method's initialisation (auto: the chosen candidate's refit)."""
+    if report is None:
+        return False
+    inner = report.notes.get("selected_report")
+    return bool(inner["stayed_at_start"] if inner else report.stayed_at_start)
+
+
+def cross_fitted_choice(mapped: dict[str, np.ndarray], test: EvalSet, seed: int) -> dict[str, float]:
+    """An honest old/new row for a map *chosen* on the held-out pairs: split them in two, choose
+    on one half, measure the choice on the other, both ways round, and average. (Choosing and
+    reporting on the same pairs reports the lucky candidate's luck.)"""
+    halves = np.array_split(np.random.default_rng(seed + 2).permutation(len(test.old)), 2)
+    parts = [EvalSet(test.old[h], test.new[h], None if test.labels is None else test.labels[h]) for h in halves]
+    scores = [{name: part.metrics(m[h], part.new).as_dict() for name, m in mapped.items()}
+              for part, h in zip(parts, halves, strict=True)]
+    rows = []
+    for chooser, judge in ((0, 1), (1, 0)):
+        chosen = max(scores[chooser], key=lambda name: scores[chooser][name][PRIMARY])
+        rows.append(scores[judge][chosen])
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
 def _relevance(test: EvalSet) -> np.ndarray:
@@ -123,15 +154,38 @@ def _relevance(test: EvalSet) -> np.ndarray:
 
 def _calibrate(routed_queries: np.ndarray, stored: np.ndarray, native_queries: np.ndarray,
                native_stored: np.ndarray, metric_routed: str, metric_native: str,
-               relevant: np.ndarray) -> tuple[ScoreMap, dict[str, float]]:
-    """Fit both calibration candidates and keep the one that merges a mixed gallery best."""
-    args = (routed_queries, stored, native_queries, native_stored, metric_routed, metric_native)
+               relevant: np.ndarray, seed: int) -> tuple[ScoreMap, dict[str, float]]:
+    """Fit both calibration candidates on one half of the held-out pairs and keep the one that
+    merges a mixed gallery of the *other* half best (so no map is chosen on the pairs it was fitted
+    on); with fewer than 2 x 200 held-out pairs nothing is fitted (calibration.py)."""
+    fit_half, choose_half = (np.sort(h) for h in np.array_split(
+        np.random.default_rng(seed + 3).permutation(len(stored)), 2))
+    args = (routed_queries[fit_half], stored[fit_half], native_queries[fit_half], native_stored[fit_half],
+            metric_routed, metric_native)
     candidates = [m for m in (fit_score_map(*args), fit_distribution_map(*args)) if m.calibrated]
     if not candidates:
         return ScoreMap(), {}
-    routed = calibration_scores(routed_queries, stored, metric_routed)
-    native = calibration_scores(native_queries, native_stored, metric_native)
-    return select_score_map(candidates, routed, native, relevant)
+    c = choose_half
+    routed = calibration_scores(routed_queries[c], stored[c], metric_routed)
+    native = calibration_scores(native_queries[c], native_stored[c], metric_native)
+    return select_score_map(candidates, routed, native, relevant[np.ix_(c, c)])
+
+
+CURVE_ITEMS = 1_500  # held-out items the migration curve replays (an n x n merge per level)
+
+
+def _migration_curves(bundle: UpgradeBundle, rows: dict, test: EvalSet, relevant: np.ndarray, metric_old: str,
+                      metric_new: str, seed: int) -> dict[str, Any]:
+    """The migration curve on (a sample of) the held-out items, random and suggested order."""
+    n = len(test.old)
+    sample = np.sort(np.random.default_rng(seed).permutation(n)[:CURVE_ITEMS])
+    old, new, rel = test.old[sample], test.new[sample], relevant[np.ix_(sample, sample)]
+    orders = {"random": np.random.default_rng(seed + 1).permutation(len(sample)),
+              "suggested": np.argsort(-bundle.reliability.predict_error(old), kind="stable")}
+    stay = clearly_better(quality_ratios(rows, "new->old"), n)
+    return {"items": len(sample), "new_queries_stay_on_route": stay,
+            **{name: migration_curve(bundle.new_to_old, old, new, rel, order, stay, metric_old, metric_new)
+               for name, order in orders.items()}}
 
 
 def split_holdout(n: int, fraction: float, max_holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,12 +235,11 @@ def build_bundle(
     reverse = create("procrustes")
     reverse.fit(x_new[fit], x_old[fit], seed=seed)  # roles swapped: maps old -> new
     options["procrustes"] = reverse
-    measured = {}
-    for name, candidate in options.items():
-        mapped = adapter.forward(test.old) if candidate is None else candidate.transform(test.old)
-        measured[name] = test.metrics(mapped, test.new).as_dict()
+    mapped = {name: adapter.forward(test.old) if candidate is None else candidate.transform(test.old)
+              for name, candidate in options.items()}
+    measured = {name: test.metrics(m, test.new).as_dict() for name, m in mapped.items()}
     reverse_kind = max(measured, key=lambda name: measured[name][PRIMARY])
-    rows["old/new"] = measured[reverse_kind]
+    rows["old/new"] = cross_fitted_choice(mapped, test, seed) if len(options) > 1 else measured[reverse_kind]
     bundle = UpgradeBundle(adapter, options[reverse_kind], ScoreMap(), ScoreMap(),
                            ReliabilityModel(np.zeros(x_old.shape[1], np.float32), 0.0))
 
@@ -194,12 +247,15 @@ def build_bundle(
     relevant = _relevance(test)
     selection: dict[str, dict[str, float]] = {}
     bundle.new_old_scores, selection["new->old"] = _calibrate(
-        bundle.new_to_old(test.new), test.old, test.new, test.new, metric_old, metric_new, relevant)
+        bundle.new_to_old(test.new), test.old, test.new, test.new, metric_old, metric_new, relevant, seed)
     bundle.old_new_scores, selection["old->new"] = _calibrate(
-        bundle.old_to_new(test.old), test.new, test.old, test.old, metric_new, metric_old, relevant)
+        bundle.old_to_new(test.old), test.new, test.old, test.old, metric_new, metric_old, relevant, seed)
     bundle.reliability = fit_reliability(x_old[fit], item_errors(bundle.old_to_new(x_old[fit]), x_new[fit]))
     held_errors = item_errors(bundle.old_to_new(test.old), test.new)
     rho = spearman(bundle.reliability.predict_error(test.old), held_errors)
+
+    progress(0.95, "replaying a migration on held-out pairs")
+    curve = _migration_curves(bundle, rows, test, relevant, metric_old, metric_new, seed)
 
     report = adapter.report
     notes = report.notes if report else {}
@@ -216,11 +272,14 @@ def build_bundle(
         "reverse_map": reverse_kind,
         "reverse_candidates": measured,
         "fit_seconds": float(report.fit_seconds if report else 0.0),
+        "stayed_at_start": _stayed_at_start(report),
+        "candidates_stayed_at_start": notes.get("stayed_at_start", {}),
         "curve": notes.get("selected_report", {}).get("curve") or (report.curve if report else []),
         "candidates": notes.get("candidates", {}),
         "calibration": {"new->old": bundle.new_old_scores.as_dict(), "old->new": bundle.old_new_scores.as_dict(),
                         "selection_mAP@R": selection},
         "backfill_order_spearman": rho,
+        "migration_curve": curve,
         "pairs": {"fit": len(fit), "holdout": len(hold), "labels": labels is not None},
     })
     progress(1.0, "bundle ready")

@@ -232,8 +232,8 @@ def neighbour_metrics(
     return _ranked_totals(len(q), chunk, rank_chunk).metrics()
 
 
-def map_at_r_from_scores(scores: np.ndarray, relevant: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> float:
-    """mAP@R of a precomputed (n, n) score matrix, leave-one-out (the diagonal is ignored), where
+def scores_quality(scores: np.ndarray, relevant: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> RetrievalMetrics:
+    """Leave-one-out metrics of a precomputed (n, n) score matrix (the diagonal is ignored), where
     `relevant[i, j]` says whether gallery item j is relevant to query i."""
 
     def rank_chunk(start: int, stop: int) -> np.ndarray:
@@ -242,8 +242,15 @@ def map_at_r_from_scores(scores: np.ndarray, relevant: np.ndarray, *, chunk: int
         rel_mask[np.arange(stop - start), np.arange(start, stop)] = False
         return np.take_along_axis(rel_mask, order, axis=1)
 
-    totals = _ranked_totals(len(scores), chunk, rank_chunk, top_k=())
-    return totals.apr / totals.counted if totals.counted else float("nan")
+    return _ranked_totals(len(scores), chunk, rank_chunk).metrics()
+
+
+def map_at_r_from_scores(scores: np.ndarray, relevant: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> float:
+    """mAP@R of a precomputed (n, n) score matrix (see `scores_quality`); nan if nothing is relevant."""
+    try:
+        return scores_quality(scores, relevant, chunk=chunk).mAP_at_R
+    except ValueError:
+        return float("nan")
 
 
 # ---- compatibility summaries ------------------------------------------------------------------

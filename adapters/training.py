@@ -191,7 +191,7 @@ def train_loop(
     report.notes["val_objective"] = "negated validation retrieval score" if score_fn else "validation loss"
     bad_evals = 0
     running, running_n = 0.0, 0
-    step = 0
+    step = best_step = 0
     module.train()
     while step < budget:
         order = fit_idx[torch.randperm(len(fit_idx), generator=generator).to(device)]
@@ -212,7 +212,7 @@ def train_loop(
                 report.curve.append({"step": step, "train_loss": running / running_n, "val_loss": val})
                 running, running_n = 0.0, 0
                 if val < best - 1e-6:
-                    best, bad_evals = val, 0
+                    best, bad_evals, best_step = val, 0, step
                     best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
                 else:
                     bad_evals += 1
@@ -227,6 +227,9 @@ def train_loop(
     module.load_state_dict(best_state)
     report.steps = step
     report.best_val_loss = best
+    # No step improved on the initial state: the method returns its initialisation (e.g. the
+    # Procrustes start) -- say so rather than pass it off as this method's own result.
+    report.stayed_at_start = best_step == 0
     progress(1.0, f"{method}: done after {step} steps")
     return report
 

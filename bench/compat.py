@@ -36,8 +36,26 @@ from service.cli.evaluate import _jsonable, build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+BUILT = ROOT / "bench" / ".cache" / "data"  # sets the project builds itself (bench/debian_packages.py)
 RESULTS = ROOT / "bench" / "results"
 PAIRS = ["minilm:mpnet", "minilm:e5", "static64:minilm", "mpnet:minilm"]
+
+
+def sweep_arguments(parser) -> None:
+    """The options every per-domain, per-pair sweep takes (bench.upgrade, bench.merge_replay)."""
+    parser.add_argument("--datasets", default="wordnet-4k,debian-4k")
+    parser.add_argument("--pairs", default=",".join([*PAIRS, "e5:mpnet"]))
+    parser.add_argument("--method", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def dataset_dir(dataset: str) -> Path:
+    """../shared/data/<name>, or a set built by the project under bench/.cache/data/<name>."""
+    for folder in (DATA / dataset, BUILT / dataset):
+        if (folder / "items.jsonl").exists():
+            return folder
+    hint = " (build it: python -m bench.debian_packages)" if dataset.startswith("debian") else ""
+    raise SystemExit(f"no data set {dataset!r} in {DATA} or {BUILT}{hint}")
 
 
 def load_wordnet(dataset: str = "wordnet-4k", items: int | None = None, seed: int = 0,
@@ -47,7 +65,7 @@ def load_wordnet(dataset: str = "wordnet-4k", items: int | None = None, seed: in
     `draw` k > 0 takes the k-th sample disjoint from draws 0..k-1 (a fresh confirmation set once
     an earlier draw has been looked at); draw 0 is the sample earlier results were made on.
     """
-    folder = DATA / dataset
+    folder = dataset_dir(dataset)
     labels = np.array([json.loads(line)["label"] for line in (folder / "items.jsonl").open()])
     rows = np.arange(len(labels))
     if items is not None and items < len(labels):

@@ -25,7 +25,7 @@ def make_collection(client: httpx.Client, name: str, model: str, **extra) -> dic
 
 
 def upsert(client: httpx.Client, collection: str, model: str, ids: list[str], vectors: np.ndarray,
-           payloads: list | None = None, compact: bool = False) -> httpx.Response:
+           payloads: list | None = None, compact: bool = False, **fields) -> httpx.Response:
     items = []
     for i, (item_id, vec) in enumerate(zip(ids, vectors, strict=True)):
         item = {"id": item_id}
@@ -36,4 +36,4 @@ def upsert(client: httpx.Client, collection: str, model: str, ids: list[str], ve
         if payloads is not None:
             item["payload"] = payloads[i]
         items.append(item)
-    return client.post(f"/v1/collections/{collection}/items", json={"model": model, "items": items})
+    return client.post(f"/v1/collections/{collection}/items", json={"model": model, "items": items, **fields})

@@ -137,7 +137,10 @@ def test_auto_reports_every_candidate_and_chooses_one_that_passes(wordnet) -> No
     auto = create("auto", **fast_params("auto"))
     report = auto.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0)
     notes = report.notes
-    assert set(notes["candidates"]) == {"procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"}
+    # a trained candidate that returned its initialisation is reported as such, never ranked
+    assert set(notes["candidates"]) | set(notes["stayed_at_start"]) == {
+        "procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"}
+    assert not set(notes["candidates"]) & set(notes["stayed_at_start"])
     # ~240 training pairs < min_eval_items: every pair is scored out-of-fold; 6 of 12 classes unseen
     assert notes["holdout_size"] == len(wordnet["old"]) and notes["holdout_unseen"] == len(wordnet["old"]) // 2
     chosen = notes["selected"]
@@ -270,3 +273,25 @@ def test_worse_gain_ranking_is_not_rescaled_by_one_exceptional_candidate() -> No
     merged = average_pools([modest, exceptional])
     assert merged.parts["seen"]["bt2"] == pytest.approx(0.48) and merged.results["bt2"]["fit_seconds"] == 2.0
     assert merged.results["bt2"]["ecc"]  # the verdict is taken again on the means (0.3 > 0.2), not copied
+
+
+def test_a_training_run_that_never_beats_its_start_says_so() -> None:
+    import torch
+
+    from adapters.training import TrainConfig, train_loop
+
+    def run(target: float) -> bool:
+        weight = torch.nn.Parameter(torch.zeros(1))
+        module = torch.nn.Module()
+        module.weight = weight
+        data = torch.full((64,), target)
+
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            return ((weight - data[idx]) ** 2).mean()
+
+        cfg = TrainConfig(lr=0.05, max_steps=60, min_steps=60, eval_every=5, patience=3)
+        report = train_loop(module, loss, 64, cfg, torch.Generator().manual_seed(0), lambda f, m: None, "toy")
+        return report.stayed_at_start
+
+    assert run(target=0.0)  # already at the optimum: every step is at best a tie
+    assert not run(target=1.0)  # training moves it

@@ -76,7 +76,7 @@ def test_collection_counts_and_item_round_trip(client, gallery) -> None:
 def test_upsert_replaces_and_delete_removes(client, gallery) -> None:
     m, c, x = gallery
     r = upsert(client, c, m, ["item-3", "new-1"], x[[10, 11]] * 2, [{"v": 2}, None], compact=True)
-    assert r.json() == {"model": m, "received": 2, "created": 1, "updated": 1}
+    assert r.json() == {"model": m, "received": 2, "created": 1, "updated": 1, "kept": 0}
     hits = client.post(f"/v1/collections/{c}/query", json={"model": m, "vector": x[10].tolist(), "k": 3}).json()
     top_ids = [h["id"] for h in hits["hits"][:2]]
     assert set(top_ids) == {"item-10", "item-3"}, "item-3 now holds item-10's direction"
@@ -175,15 +175,20 @@ def test_mixed_gallery_reports_skipped_partitions(client, gallery) -> None:
     m, c, x = gallery
     succ = unique("succ")
     make_model(client, succ, 6, successor_of=m)
-    assert upsert(client, c, succ, ["item-0", "item-1"], rand(2, 6)).status_code == 200
+    kept = upsert(client, c, succ, ["item-0"], rand(1, 6))  # a re-embedding: keeps the old vector
+    assert kept.json()["kept"] == 1
+    dropped = upsert(client, c, succ, ["item-1"], rand(1, 6), previous_vectors="drop")  # new content
+    assert dropped.json()["kept"] == 0
     info = client.get(f"/v1/collections/{c}").json()
-    assert info["items_per_model"] == {m: 48, succ: 2}
-    assert {p["model"]: (p["vectors"], p["rebuilding"]) for p in info["partitions"]} == {m: (48, False),
+    assert info["items_per_model"] == {m: 48, succ: 2} and info["kept_per_model"] == {m: 1}
+    assert {p["model"]: (p["vectors"], p["rebuilding"]) for p in info["partitions"]} == {m: (49, False),
                                                                                         succ: (2, False)}
     body = client.post(f"/v1/collections/{c}/query", json={"model": m, "vector": x[0].tolist(), "k": 50}).json()
-    assert body["searched"] == [{"model": m, "items": 48}]
+    assert body["searched"] == [{"model": m, "items": 49}]
     assert body["skipped"][0]["model"] == succ and body["skipped"][0]["items"] == 2
-    assert "item-0" not in {h["id"] for h in body["hits"]}
+    hits = {h["id"]: h for h in body["hits"]}
+    assert hits["item-0"]["model"] == m  # still served to old clients from its kept vector
+    assert "item-1" not in hits  # its old vector described content that no longer exists
     own = client.post(f"/v1/collections/{c}/query", json={"model": succ, "vector": [0.1] * 6, "k": 5}).json()
     assert {h["id"] for h in own["hits"]} == {"item-0", "item-1"}
 

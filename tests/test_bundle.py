@@ -68,6 +68,20 @@ def test_bundle_evaluation_and_round_trip(wordnet_bundle: UpgradeBundle, tmp_pat
     assert loaded.evaluation == ev and loaded.new_old_scores == wordnet_bundle.new_old_scores
 
 
+def test_migration_curve_runs_from_the_transformation_to_the_new_model(wordnet_bundle: UpgradeBundle) -> None:
+    ev = wordnet_bundle.evaluation
+    curve = ev["migration_curve"]
+    assert curve["items"] == 96 and curve["new_queries_stay_on_route"] is False  # 96 held-out pairs: not trusted
+    rows = ev["rows"]
+    for order in ("random", "suggested"):
+        points = curve[order]
+        assert [p["share"] for p in points] == [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
+        # 0 %: the transformation's own ranking; 100 %: the new model's; old clients: old/old throughout
+        assert points[0]["new_mAP@R"] == pytest.approx(rows["new/old"]["mAP@R"], abs=1e-6)
+        assert points[-1]["new_mAP@R"] == pytest.approx(rows["new/new"]["mAP@R"], abs=1e-6)
+        assert {round(p["old_mAP@R"], 9) for p in points} == {round(rows["old/old"]["mAP@R"], 9)}
+
+
 def test_build_bundle_refuses_methods_a_server_cannot_use() -> None:
     d = np.load(DATA)
     with pytest.raises(ValueError, match="both models"):
@@ -131,3 +145,19 @@ def test_selection_prefers_the_map_that_merges_a_mixed_gallery_best() -> None:
     chosen, scores = select_score_map([bad, good], routed, native, relevant)
     assert chosen is good
     assert scores["regression"] > scores["identity"] and scores["regression"] > scores["distribution"]
+
+
+def test_a_map_chosen_on_held_out_pairs_is_reported_on_the_other_half() -> None:
+    from adapters.bundle import cross_fitted_choice
+    from adapters.evaluate import EvalSet
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 20)
+    centres = rng.normal(size=(8, 16))
+    old = (centres[labels] + 0.8 * rng.normal(size=(160, 16))).astype(np.float32)
+    test = EvalSet(old, old.copy(), labels)
+    good, noise = old + 0.1 * rng.normal(size=old.shape), rng.normal(size=old.shape)
+    row = cross_fitted_choice({"good": good.astype(np.float32), "noise": noise.astype(np.float32)}, test, seed=0)
+    halves = np.array_split(np.random.default_rng(2).permutation(160), 2)
+    expected = np.mean([EvalSet(old[h], old[h], labels[h]).metrics(good[h], old[h]).mAP_at_R for h in halves])
+    assert row["mAP@R"] == pytest.approx(expected)  # "good" wins on both halves, measured on the other

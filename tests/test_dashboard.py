@@ -110,6 +110,13 @@ def test_dashboard_end_to_end_in_chromium(seeded, browser, shots) -> None:
     assert "—" not in page.text_content("svg.heatmap"), "every pair of versions has a route"
     page.screenshot(path=str(shots / "compatibility.png"), full_page=True)
 
+    # the migration curve of v1 -> v2: both client kinds, and where the wordnet gallery stands (1/3)
+    page.goto(f"{url}/dashboard/upgrades/{seeded['uid12']}")
+    assert page.locator("svg.migration polyline.series").count() == 3
+    marker = page.locator("svg.migration g.now[data-collection='wordnet']")
+    assert marker.count() == 1 and "wordnet 33%" in marker.text_content()
+    assert page.inner_text("#training-policy").startswith("Trains on request")
+
     # start a training job from the page and watch its progress reach 100 %
     page.goto(f"{url}/dashboard/upgrades/{seeded['uid23']}")
     first_active = page.inner_text("#active-id")

@@ -74,7 +74,7 @@ def test_vectors_round_trip_exactly(store: Store) -> None:
     rng = np.random.default_rng(0)
     v = rng.normal(size=(600, 7)).astype(np.float32)  # more than one IN-chunk
     out = store.upsert_items(coll.id, model.id, [f"k{i}" for i in range(600)], v, [None] * 600)
-    found, vecs = store.vectors_by_id(coll.id, out.ids.tolist(), 7)
+    found, vecs = store.vectors_by_id(coll.id, model.id, out.ids.tolist(), 7)
     by_id = dict(zip(found.tolist(), range(len(found)), strict=True))
     np.testing.assert_array_equal(vecs[[by_id[i] for i in out.ids.tolist()]], v)
     hits = store.hits_by_id(coll.id, [int(out.ids[0]), int(out.ids[599]), 10**12])
@@ -98,7 +98,51 @@ def test_delete_item(store: Store) -> None:
     store.upsert_items(coll.id, model.id, ["a", "b"], np.eye(4, dtype=np.float32)[:2], [None, None])
     out = store.upsert_items(coll.id, model.id, ["c"], np.eye(4, dtype=np.float32)[:1], [None])
     a_id = store.partition_ids(coll.id, model.id)[0]
-    assert store.delete_item(coll.id, "a") == (model.id, a_id, out.tag + 1)
+    assert store.delete_item(coll.id, "a") == ([model.id], a_id, out.tag + 1)
     assert store.delete_item(coll.id, "a") is None
     assert a_id not in store.partition_ids(coll.id, model.id).tolist()
     assert store.item_counts(coll.id) == {model.id: 2}
+
+
+def test_a_re_embedding_keeps_the_older_vector_and_a_content_change_drops_it(store: Store) -> None:
+    v1, coll = seed(store, dim=4)
+    v2 = store.create_model("v2", 3, "cosine", v1.id, None)
+    old = np.eye(4, dtype=np.float32)[:2]
+    first = store.upsert_items(coll.id, v1.id, ["a", "b"], old, [None, None])
+    a, b = first.ids.tolist()
+    moved = store.upsert_items(coll.id, v2.id, ["a", "b"], np.ones((2, 3), np.float32), [None, None],
+                               keep_models=frozenset({v1.id}))
+    assert moved.kept == 2 and moved.replaced == {}  # nothing leaves the v1 partition
+    assert store.partition_ids(coll.id, v1.id).tolist() == [a, b]
+    assert store.partition_ids(coll.id, v1.id, current_only=True).tolist() == []
+    assert store.partition_ids(coll.id, v2.id).tolist() == [a, b]
+    assert store.item_counts(coll.id) == {v2.id: 2} and store.kept_counts(coll.id) == {v1.id: 2}
+    found, vecs = store.vectors_by_id(coll.id, v1.id, [a, b], 4)
+    assert found.tolist() == [a, b] and np.array_equal(vecs, old)  # the kept v1 vectors, byte for byte
+    assert store.hits_by_id(coll.id, [a])[a].models == frozenset({v1.id, v2.id})
+    # a retried re-embedding (same model again) keeps the v1 vector too
+    again = store.upsert_items(coll.id, v2.id, ["a"], np.ones((1, 3), np.float32), [None],
+                               keep_models=frozenset({v1.id}))
+    assert again.replaced.keys() == {v2.id} and store.kept_counts(coll.id) == {v1.id: 2}
+    # new content for "b": nothing is kept, its v1 vector leaves the v1 partition
+    changed = store.upsert_items(coll.id, v2.id, ["b"], np.ones((1, 3), np.float32), [None])
+    assert {m: ids.tolist() for m, ids in changed.replaced.items()} == {v2.id: [b], v1.id: [b]}
+    assert store.partition_ids(coll.id, v1.id).tolist() == [a]
+    # a write in the older model supersedes the newer vector: "a" is back in v1 only
+    back = store.upsert_items(coll.id, v1.id, ["a"], old[:1] * 2, [None], keep_models=frozenset())
+    assert {m: ids.tolist() for m, ids in back.replaced.items()} == {v2.id: [a], v1.id: [a]}
+    assert store.hits_by_id(coll.id, [a])[a].models == frozenset({v1.id})
+    assert store.kept_counts(coll.id) == {}
+
+
+def test_delete_and_retire_drop_kept_vectors(store: Store) -> None:
+    v1, coll = seed(store, dim=4)
+    v2 = store.create_model("v2", 3, "cosine", v1.id, None)
+    store.upsert_items(coll.id, v1.id, ["a", "b"], np.eye(4, dtype=np.float32)[:2], [None, None])
+    ids = store.upsert_items(coll.id, v2.id, ["a", "b"], np.ones((2, 3), np.float32), [None, None],
+                             keep_models=frozenset({v1.id})).ids.tolist()
+    models, row_id, _ = store.delete_item(coll.id, "a")
+    assert models == [v2.id, v1.id] and row_id == ids[0]
+    assert store.partition_ids(coll.id, v1.id).tolist() == [ids[1]]
+    assert store.retire_model(coll.id, v1.id) == 0
+    assert store.partition_ids(coll.id, v1.id).tolist() == [] and store.kept_counts(coll.id) == {}

@@ -88,11 +88,16 @@ class OutOfFold:
     unseen: np.ndarray  # bool per pool item: its class was held out whole
     queries: dict[str, np.ndarray]  # candidate -> (len(pool), d_old), pool order
     fit_seconds: dict[str, float]  # candidate -> summed over the folds fitted
+    stayed: dict[str, float]  # candidates that returned their initialisation -> seconds spent on them
 
 
 def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: np.ndarray | None,
                 params: dict[str, Any], seed: int, progress: ProgressFn) -> OutOfFold:
-    """Fit each candidate once per scored fold (on the other folds) and map the fold's new vectors."""
+    """Fit each candidate once per scored fold (on the other folds) and map the fold's new vectors.
+
+    A trained candidate that returns its initialisation (no step improved on its start: on frozen
+    features OCA's orthogonal map stays at its Procrustes start) is dropped at once -- it would
+    only repeat another candidate under its own name -- and no more time is spent on it."""
     parts, unseen = selection_folds(len(x_old), labels, int(params["folds"]), seed)
     scored: list[np.ndarray] = []
     for held in parts:
@@ -108,22 +113,29 @@ def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: 
     order = np.argsort(pool)
     queries: dict[str, list[np.ndarray]] = {name: [] for name in names}
     seconds = dict.fromkeys(names, 0.0)
+    stayed: dict[str, float] = {}
     steps = len(names) * len(scored)
     for f, held in enumerate(scored):
         fit = np.setdiff1d(np.arange(len(x_old)), parts[f])
         for i, name in enumerate(names):
             done = f * len(names) + i
+            if name in stayed:
+                continue
 
             def sub(fraction: float, message: str, done: int = done, fold: int = f) -> None:
                 progress((done + fraction) / steps, f"fold {fold + 1}/{len(scored)}: {message}")
 
             candidate = create(name, **params["method_params"].get(name, {}))
             candidate.fit(x_old[fit], x_new[fit], None if labels is None else labels[fit], seed=seed, progress=sub)
-            queries[name].append(candidate.transform(x_new[held]))
             seconds[name] += candidate.report.fit_seconds
+            if candidate.report.stayed_at_start:
+                stayed[name] = seconds.pop(name)
+                queries.pop(name)
+                continue
+            queries[name].append(candidate.transform(x_new[held]))
     return OutOfFold(pool=pool[order], unseen=unseen[pool][order],
                      queries={name: np.concatenate(q)[order] for name, q in queries.items()},
-                     fit_seconds=seconds)
+                     fit_seconds=seconds, stayed=stayed)
 
 
 RANK_BY = ("worse_gain", "worse_part", "unseen", "seen", "pool")
@@ -235,12 +247,18 @@ class Auto(Adapter):
         if labels is not None and len(np.unique(labels)) >= 4:  # fewer classes: nothing is held out whole
             repeats = max(1, int(self.params["repeats"]))
         pools = []
+        stayed: dict[str, float] = {}
         for r in range(repeats):
             def sub(f: float, m: str, r: int = r) -> None:
                 progress(0.75 * (r + f) / repeats, f"auto: draw {r + 1}/{repeats}: {m}")
 
-            oof = out_of_fold(names, x_old, x_new, labels, self.params, seed + r, sub)
+            oof = out_of_fold([n for n in names if n not in stayed], x_old, x_new, labels, self.params, seed + r, sub)
+            stayed.update(oof.stayed)
             pools.append(score_pool(oof, x_old, x_new, labels, seed + r))
+        kept = set.intersection(*(set(p.results) for p in pools))  # a candidate dropped in a later draw goes
+        for p in pools:
+            p.results = {n: v for n, v in p.results.items() if n in kept}
+            p.parts = {part: {n: v for n, v in sc.items() if n in kept} for part, sc in p.parts.items()}
         scores = average_pools(pools)
         results, ranking = scores.results, rank_candidates(scores, self.params["rank_by"])
         for part, part_scores in scores.parts.items():
@@ -263,6 +281,9 @@ class Auto(Adapter):
             notes={"selected": chosen, "selected_passes_ecc": passed, "holdout_rows": scores.rows,
                    "candidates": results, "holdout_size": len(oof.pool), "holdout_unseen": int(oof.unseen.sum()),
                    "selection_repeats": repeats,
+                   "stayed_at_start": {name: {"fit_seconds": sec, "note": "stayed at start: no training step "
+                                              "improved on its initialisation, so it was not ranked"}
+                                       for name, sec in stayed.items()},
                    "rank_by": self.params["rank_by"] if labels is not None else "clusters",
                    "holdout_relevance": scores.relevance, "selected_report": inner.as_dict()},
         )

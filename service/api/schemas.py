@@ -18,12 +18,27 @@ class _Strict(BaseModel):
 
 
 # ---- models ------------------------------------------------------------------------------------
+class TrainingPolicy(_Strict):
+    min_pairs: int = Field(ge=1, le=2**31 - 1, description="Train by itself once the upgrade has this many pairs "
+                           "(uploads and re-embedded items); retrain each time the count doubles. At least "
+                           "MIN_TRAINING_PAIRS.")
+    method: str = Field("auto", description=f"One of the servable methods: {', '.join(servable())}.")
+
+
+class TrainingPolicyOut(TrainingPolicy):
+    trained_at_pairs: int = Field(description="Pair count at the last training the policy started (0: none yet).")
+
+
 class ModelCreate(_Strict):
     name: str = Name
     dim: int = Field(ge=1, description="Embedding dimension.")
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     successor_of: str | None = Field(None, description="Name of the model version this one upgrades.")
     description: str | None = Field(None, max_length=4_000)
+    training: TrainingPolicy | None = Field(
+        None, description="With successor_of: the upgrade trains by itself (see TrainingPolicy); a "
+                          "policy-trained transformation is activated only when it passes the ECC and beats the "
+                          "active one on held-out pairs.")
 
 
 class ModelOut(BaseModel):
@@ -68,7 +83,11 @@ class CollectionOut(BaseModel):
     model: str
     index: IndexOptions
     items: int
-    items_per_model: dict[str, int]
+    items_per_model: dict[str, int] = Field(description="Items per model version of their current vector.")
+    kept_per_model: dict[str, int] = Field(
+        default_factory=dict,
+        description="Re-embedded items whose vector in an older version is kept (and searched) until that "
+                    "version is retired: one extra vector each.")
     partitions: list[PartitionOut] = Field(default_factory=list)
     created_at: datetime
 
@@ -90,6 +109,13 @@ class ItemIn(_Strict):
 class UpsertRequest(_Strict):
     model: str
     items: list[ItemIn]
+    previous_vectors: Literal["keep", "drop"] = Field(
+        "keep",
+        description="For items that already exist: `keep` (a re-embedding of the same content) leaves "
+                    "their vectors in older model versions searchable, so clients of those versions keep "
+                    "their own-model quality until the version is retired; `drop` (the content changed) "
+                    "removes every other version's vector. Vectors in versions newer than `model` are "
+                    "always dropped: an older version cannot vouch for them.")
 
 
 class UpsertOut(BaseModel):
@@ -97,6 +123,7 @@ class UpsertOut(BaseModel):
     received: int
     created: int
     updated: int
+    kept: int = Field(0, description="Existing items whose previous version's vector stays searchable.")
 
 
 class ItemOut(BaseModel):
@@ -131,8 +158,12 @@ class QueryRequest(_Strict):
 
 class Hit(BaseModel):
     id: str
-    score: float = Field(description="Higher is better: cosine, inner product, or -squared L2.")
-    model: str = Field(description="Model version of the stored representation that matched.")
+    score: float = Field(description="Higher is better: cosine, inner product, or -squared L2, on the query "
+                                     "model's scale (routed scores calibrated). In a partly re-embedded gallery "
+                                     "the hit order is the merge's (docs/upgrades.md), so scores of hits served "
+                                     "by different versions need not be sorted.")
+    model: str = Field(description="Model version of the stored representation that served the hit: the "
+                                   "query's own when the item has a vector in it, else the best-measured route.")
     payload: dict[str, Any] | None = None
 
 
@@ -239,6 +270,7 @@ class UpgradeOut(BaseModel):
     pairs: dict[str, int]
     transformations: list[TransformationOut]
     jobs: list[int] = Field(description="Training jobs of this upgrade, newest first.")
+    training: TrainingPolicyOut | None = Field(None, description="The training policy (None: trains on request).")
     created_at: datetime
     updated_at: datetime
 

@@ -69,9 +69,9 @@ class Backfill:
             route = table.route(mid, target.id)
             predictor = route.edges[0].bundle.reliability if route is not None and route.edges else None
             dim = self.catalog.model_by_id(mid).dim
-            ids = self.store.partition_ids(collection.id, mid)
+            ids = self.store.partition_ids(collection.id, mid, current_only=True)
             for start in range(0, len(ids), _CHUNK):
-                found, vectors = self.store.vectors_by_id(collection.id, ids[start : start + _CHUNK].tolist(), dim)
+                found, vectors = self.store.vectors_by_id(collection.id, mid, ids[start : start + _CHUNK].tolist(), dim)
                 if predictor is not None:
                     errors = predictor.predict_error(vectors)
                     used_model = True

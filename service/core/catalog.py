@@ -75,6 +75,21 @@ class Catalog:
         root = self._root_id(model)
         return [m for m in self.models() if self._root_id(m) == root]
 
+    def descendants(self, model: ModelRecord) -> set[int]:
+        """Ids of every model that succeeds `model`, directly or through others."""
+        children: dict[int, list[int]] = {}
+        for m in self.models():
+            if m.successor_of_id is not None:
+                children.setdefault(m.successor_of_id, []).append(m.id)
+        out: set[int] = set()
+        todo = list(children.get(model.id, []))
+        while todo:
+            mid = todo.pop()
+            if mid not in out:
+                out.add(mid)
+                todo.extend(children.get(mid, []))
+        return out
+
     # ---- collections --------------------------------------------------------------------------
     def create_collection(self, name: str, model_name: str, index_spec: IndexSpec) -> CollectionRecord:
         model = self.model(model_name)

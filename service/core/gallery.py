@@ -17,13 +17,14 @@ from functools import partial
 
 import numpy as np
 
-from index import IndexBackend, IndexSpec, PartitionKey, PartitionState, PartitionWrite, SearchResult
+from index import IndexBackend, IndexSpec, PartitionKey, PartitionState, PartitionWrite
 from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound, Unavailable
 from service.core.hit_cache import HitCache
 from service.core.index_sync import reconcile_collection
+from service.core.merge import PartitionHits, Reach, merge_row
 from service.core.transform_graph import Route, TransformGraph
-from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
+from service.store import CollectionRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,16 @@ class Gallery:
         keys: Sequence[str],
         vectors: np.ndarray,
         payloads: Sequence[dict | None],
+        keep_previous: bool = True,
     ) -> UpsertOutcome:
+        """Write a batch durably, then mirror it into the index.
+
+        `keep_previous` (a re-embedding, the default) leaves an existing item's vectors in the
+        collection's other, older versions searchable: clients still on those versions are served
+        from their own model's vector, so their quality never drops while the gallery migrates
+        (the storage cost is one extra vector per migrated item until the old version is retired).
+        Versions newer than the written one are never kept.
+        """
         self._require_ready()
         if not keys:
             raise Invalid("must contain at least one item", "items")
@@ -107,7 +117,8 @@ class Gallery:
             if model.id in self.store.retired_models(collection.id):
                 raise Conflict(f"model {model.name!r} is retired in collection {collection.name!r}", "model")
             target = self.ensure_partition(collection, model)
-            outcome = self.store.upsert_items(collection.id, model.id, keys, vectors, payloads)
+            keep = self._keepable_models(collection, model) if keep_previous else frozenset()
+            outcome = self.store.upsert_items(collection.id, model.id, keys, vectors, payloads, keep)
             writes: dict[str, PartitionWrite] = {}
             for old_model_id, old_ids in outcome.replaced.items():
                 if self.backend.has_partition(PartitionKey(collection.id, old_model_id)):
@@ -118,20 +129,28 @@ class Gallery:
             self.hits.invalidate(collection.id, outcome.ids)  # payloads may have changed
         return outcome
 
+    def _keepable_models(self, collection: CollectionRecord, model: ModelRecord) -> frozenset[int]:
+        """Versions whose vectors a re-embedding into `model` keeps: the collection's lineage less
+        `model`, its successors and retired versions."""
+        base = self.catalog.model_by_id(collection.base_model_id)
+        drop = self.catalog.descendants(model) | {model.id} | self.store.retired_models(collection.id)
+        return frozenset(m.id for m in self.catalog.lineage(base) if m.id not in drop)
+
     def delete(self, collection: CollectionRecord, key: str) -> None:
         self._require_ready()
         with self.write_lock(collection.id):
             removed = self.store.delete_item(collection.id, key)
             if removed is None:
                 raise NotFound(f"no item {key!r} in collection {collection.name!r}", "id")
-            model_id, row_id, tag = removed
-            pkey = PartitionKey(collection.id, model_id)
-            writes = {model_id: PartitionWrite(remove=np.array([row_id], dtype=np.int64))}
-            self._mirror(collection, writes if self.backend.has_partition(pkey) else {}, tag)
+            model_ids, row_id, tag = removed
+            writes = {mid: PartitionWrite(remove=np.array([row_id], dtype=np.int64)) for mid in model_ids
+                      if self.backend.has_partition(PartitionKey(collection.id, mid))}
+            self._mirror(collection, writes, tag)
             self.hits.invalidate(collection.id, [row_id])
 
     def retire(self, collection: CollectionRecord, model: ModelRecord) -> None:
-        """Refuse while items remain in `model`; else mark it retired and drop its empty partition."""
+        """Refuse while items are current in `model`; else mark it retired and drop its partition, with the
+        vectors it kept for items since re-embedded."""
         with self.write_lock(collection.id):
             remaining = self.store.retire_model(collection.id, model.id)
             if remaining:
@@ -140,6 +159,7 @@ class Gallery:
             pkey = PartitionKey(collection.id, model.id)
             if self.backend.has_partition(pkey):
                 self.backend.drop_partition(pkey)
+            self.hits.invalidate_collection(collection.id)  # cached records list the retired version
 
     def _mirror(self, collection: CollectionRecord, writes: dict[int, PartitionWrite], tag: int) -> None:
         """Apply committed changes to the index; on failure repair the collection from the store."""
@@ -198,9 +218,10 @@ class Gallery:
         """Search every partition the query model can reach and merge into one ranking.
 
         Each partition is searched with the query brought into its space along the best active
-        route (routing.py) and its scores put on the query model's scale, so one merge ranks items
-        stored in any version. Partitions without a route are reported as skipped; if nothing is
-        reachable the query is a 409 rather than a silently empty answer.
+        route (transform_graph.py), its scores put on the query model's scale, and the lists merged
+        with every item served from its best representation (merge.py). Partitions without a
+        route are reported as skipped; if nothing is reachable the query is a 409 rather than a
+        silently empty answer.
         """
         self._require_ready()
         sizes = self.partition_sizes(collection) if sizes is None else sizes
@@ -229,42 +250,15 @@ class Gallery:
             route = outcome.searched[mid].route
             if route.edges:
                 result.scores = route.score_map(result.scores)
-        merged = _merge(results, k)
-        wanted = sorted({item_id for row in merged for _, item_id, _ in row})
+        wanted = sorted({int(i) for r in results.values() for i in np.unique(r.ids) if i >= 0})
         records = self.hits.resolve(collection.id, wanted, lambda ids: self.store.hits_by_id(collection.id, ids))
-        for qi, row in enumerate(merged):
-            outcome.hits[qi] = _resolve(row, records, k, include_payload)
+        reach = {mid: Reach(part.route.quality, part.route.ratios, part.route.holdout_pairs)
+                 for mid, part in outcome.searched.items()}
+        searched_sizes = {mid: part.items for mid, part in outcome.searched.items()}
+        for qi in range(len(queries)):
+            parts = {mid: PartitionHits(mid, r.ids[qi], r.scores[qi]) for mid, r in results.items()}
+            merged = merge_row(model.id, parts, reach, searched_sizes, records, k)
+            outcome.hits[qi] = [ScoredHit(records[h.item_id].key, h.score, h.model_id,
+                                          records[h.item_id].payload if include_payload else None) for h in merged]
         return outcome
 
-
-def _merge(results: dict[int, SearchResult], k: int) -> list[list[tuple[float, int, int]]]:
-    """Merge per-partition top-k lists into one best-first list per query (score, id, model id)."""
-    models = list(results)
-    scores = np.concatenate([results[m].scores for m in models], axis=1)
-    ids = np.concatenate([results[m].ids for m in models], axis=1)
-    owner = np.concatenate([np.full(results[m].ids.shape[1], i) for i, m in enumerate(models)])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, : k * 2]  # spare rows cover deleted items
-    merged = []
-    for qi in range(scores.shape[0]):
-        row = []
-        for j in order[qi]:
-            if ids[qi, j] >= 0:
-                row.append((float(scores[qi, j]), int(ids[qi, j]), models[owner[j]]))
-        merged.append(row)
-    return merged
-
-
-def _resolve(row: list[tuple[float, int, int]], records: dict[int, HitRecord], k: int,
-             include_payload: bool) -> list[ScoredHit]:
-    """Turn (score, id) pairs into hits, dropping items deleted since the search and duplicates."""
-    hits: list[ScoredHit] = []
-    seen: set[str] = set()
-    for score, item_id, model_id in row:
-        rec = records.get(item_id)
-        if rec is None or rec.key in seen:
-            continue
-        seen.add(rec.key)
-        hits.append(ScoredHit(rec.key, score, model_id, rec.payload if include_payload else None))
-        if len(hits) == k:
-            break
-    return hits

@@ -34,6 +34,13 @@ class HitCache:
             for row_id in ids:
                 self._cache.pop((collection_id, int(row_id)), None)
 
+    def invalidate_collection(self, collection_id: int) -> None:
+        """Forget every cached record of a collection (a retirement drops kept vectors wholesale)."""
+        with self._lock:
+            self._generation[collection_id] = self._generation.get(collection_id, 0) + 1
+            for key in [key for key in self._cache if key[0] == collection_id]:
+                self._cache.pop(key, None)
+
     def resolve(
         self, collection_id: int, ids: list[int], load: Callable[[list[int]], dict[int, HitRecord]]
     ) -> dict[int, HitRecord]:

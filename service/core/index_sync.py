@@ -37,7 +37,7 @@ def reconcile_collection(
     cid = collection.id
     current = store.get_collection(collection.name)
     spec = IndexSpec.from_dict(collection.index_spec)
-    stored_models = set(store.item_counts(collection.id))
+    stored_models = set(store.item_counts(collection.id)) | set(store.kept_counts(collection.id))
     indexed_models = {k.model for k in backend.partitions(cid)}
     added = removed = 0
     restored_tags: list[int | None] = []
@@ -63,7 +63,8 @@ def reconcile_collection(
             backend.apply(cid, {model_id: PartitionWrite(remove=drop)})
             removed += len(drop)
         for start in range(0, len(fill), _REPAIR_CHUNK):
-            ids, vectors = store.vectors_by_id(collection.id, fill[start : start + _REPAIR_CHUNK].tolist(), dim)
+            ids, vectors = store.vectors_by_id(collection.id, model_id, fill[start : start + _REPAIR_CHUNK].tolist(),
+                                               dim)
             backend.apply(cid, {model_id: PartitionWrite(add_ids=ids, add_vectors=vectors)})
             added += len(ids)
     backend.apply(cid, {}, tag=current.seq)

@@ -23,6 +23,7 @@ import numpy as np
 
 from adapters.bundle import UpgradeBundle
 from adapters.calibration import IDENTITY, ScoreMap
+from adapters.migration import METRICS
 from service.store import Store, UpgradeRecord
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,20 @@ class Route:
         for e in self.edges:
             q *= e.quality
         return q
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        """`quality` per metric (top-1, mAP@R): products over the edges."""
+        out = dict.fromkeys(METRICS, 1.0)
+        for e in self.edges:
+            for metric, r in e.bundle.ratios(e.direction).items():
+                out[metric] *= r
+        return out
+
+    @property
+    def holdout_pairs(self) -> int:
+        """The thinnest held-out evidence behind any edge (for trusting `ratios` above 1)."""
+        return min((e.bundle.holdout_pairs for e in self.edges), default=1 << 62)
 
     def apply(self, queries: np.ndarray) -> np.ndarray:
         for e in self.edges:

@@ -6,7 +6,10 @@ vector is kept in item_history). Training runs as a durable job (service/core/jo
 `UpgradeBundle` (adapters/bundle.py): the transformation, a reverse map, score calibration and a
 backfill-order model, all evaluated on held-out pairs. A bundle that passes the empirical
 compatibility criterion is activated at once; one that does not waits for an explicit, forced
-activation. Activation (and rollback: re-activating an older transformation) is one database
+activation. An upgrade with a training policy (`min_pairs`, `method`) trains by itself once that
+many pairs exist (uploads and re-embedded items count), retrains each time the count doubles,
+and a policy-trained transformation is activated only when it passes the ECC *and* beats the
+active one on its own held-out pairs. Activation (and rollback: re-activating an older transformation) is one database
 update followed by a routing-table swap, so queries switch between two requests, never inside one.
 """
 
@@ -23,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from adapters import create, servable
-from adapters.bundle import build_bundle
+from adapters.bundle import UpgradeBundle, build_bundle, split_holdout
+from adapters.evaluate import PRIMARY, EvalSet
 from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.jobs import JobContext
@@ -50,6 +54,12 @@ class Upgrades:
     @property
     def root(self) -> Path:
         return self.settings.data_dir / "transformations"
+
+    def upgrade_into(self, model_id: int) -> UpgradeRecord | None:
+        """The successor upgrade whose new model is `model_id`."""
+        model = self.catalog.model_by_id(model_id)
+        return next((u for u in self.store.list_upgrades()
+                     if u.new_model_id == model_id and u.old_model_id == model.successor_of_id), None)
 
     def upgrade(self, upgrade_id: int) -> UpgradeRecord:
         found = self.store.get_upgrade(upgrade_id)
@@ -88,13 +98,54 @@ class Upgrades:
             raise Invalid(f"has {len(labels)} labels for {len(old)} pairs", "labels")
         return self.store.add_pairs(upgrade.id, keys, old, new, labels)
 
+    # ---- training policy ----------------------------------------------------------------------
+    def check_policy(self, min_pairs: int, method: str) -> None:
+        """Refuse a policy that could never train (before anything is written)."""
+        _check_method(method, "training.method")
+        if min_pairs < self.settings.min_training_pairs:
+            raise Invalid(f"must be at least {self.settings.min_training_pairs} (MIN_TRAINING_PAIRS)",
+                          "training.min_pairs")
+
+    def set_policy(self, upgrade: UpgradeRecord, min_pairs: int | None, method: str = "auto") -> UpgradeRecord:
+        """Train by itself from `min_pairs` pairs on (None: on request only); checked at once."""
+        if min_pairs is not None:
+            self.check_policy(min_pairs, method)
+        updated = self.store.set_policy(upgrade.id, min_pairs, method if min_pairs is not None else None)
+        self.train_if_due(updated)
+        return updated
+
+    def train_if_due(self, upgrade: UpgradeRecord) -> JobRecord | None:
+        """Start the policy's training when it is due and none of this upgrade's is queued or running."""
+        if upgrade.policy_min_pairs is None:
+            return None
+        counts = self.store.pair_counts(upgrade)
+        total = counts["uploaded"] + counts["from_items"]
+        if total < upgrade.policy_min_pairs or total < 2 * upgrade.policy_trained_pairs:
+            return None
+        subject = f"upgrade:{upgrade.id}"
+        if any(self.store.list_jobs(subject=subject, state=state, limit=1) for state in ("queued", "running")):
+            return None  # the next write checks again
+        if not self.store.claim_policy_training(upgrade.id, total):
+            return None  # another process started it
+        job = self._queue_training(upgrade, upgrade.policy_method or "auto", {}, None, 0, trigger="policy")
+        log.info("upgrade %s: training policy started job %s at %d pairs", upgrade.id, job.id, total)
+        return job
+
+    def after_items_written(self, model_id: int) -> None:
+        """Re-embedded items are pairs: let the policies of upgrades into `model_id` see the new count.
+        Never fails the write that called it (it is committed already)."""
+        for upgrade in self.store.list_upgrades():
+            if upgrade.new_model_id == model_id and upgrade.policy_min_pairs is not None:
+                try:
+                    self.train_if_due(upgrade)
+                except Exception:
+                    log.exception("upgrade %s: training policy check failed; the next write retries", upgrade.id)
+
     # ---- training -----------------------------------------------------------------------------
     def start_training(
         self, upgrade: UpgradeRecord, method: str, params: dict[str, Any], label_field: str | None, seed: int
     ) -> JobRecord:
-        if method not in SERVABLE_METHODS:
-            raise Invalid(f"unknown or unservable method {method!r}; choose from {', '.join(SERVABLE_METHODS)}",
-                          "method")
+        _check_method(method, "method")
         try:
             create(method, **params)
         except (TypeError, ValueError) as exc:
@@ -106,9 +157,14 @@ class Upgrades:
                 f"upgrade {upgrade.id} has {total} training pairs ({counts['uploaded']} uploaded, "
                 f"{counts['from_items']} from re-embedded items); training needs at least "
                 f"{self.settings.min_training_pairs}", "pairs")
+        return self._queue_training(upgrade, method, params, label_field, seed, trigger="request")
+
+    def _queue_training(self, upgrade: UpgradeRecord, method: str, params: dict[str, Any], label_field: str | None,
+                        seed: int, trigger: str) -> JobRecord:
         job = self.store.create_job(
             TRAIN_JOB, f"upgrade:{upgrade.id}",
-            {"upgrade_id": upgrade.id, "method": method, "params": params, "label_field": label_field, "seed": seed},
+            {"upgrade_id": upgrade.id, "method": method, "params": params, "label_field": label_field, "seed": seed,
+             "trigger": trigger},
             max_attempts=self.settings.job_max_attempts,
         )
         if self.on_job_queued is not None:
@@ -123,8 +179,10 @@ class Upgrades:
         new_model = self.catalog.model_by_id(upgrade.new_model_id)
         ctx.progress(0.01, "loading training pairs")
         pairs = self.store.load_pairs(upgrade, old_model.dim, new_model.dim, p.get("label_field"))
+        trigger = p.get("trigger", "request")
         ctx.log(f"{len(pairs.old)} pairs ({pairs.uploaded} uploaded, {pairs.from_items} from re-embedded items), "
-                f"labels: {'yes' if pairs.labels is not None else 'no'}")
+                f"labels: {'yes' if pairs.labels is not None else 'no'}; started by "
+                f"{'the training policy' if trigger == 'policy' else 'a request'}")
         if len(pairs.old) < self.settings.min_training_pairs:
             raise ValueError(f"only {len(pairs.old)} training pairs; need {self.settings.min_training_pairs}")
         _limit_torch_threads(self.settings.job_threads)
@@ -140,6 +198,11 @@ class Upgrades:
         ctx.log(f"{ev['selected']}: new/old mAP@R {new_old['mAP@R']:.4f} (old/old "
                 f"{ev['rows']['old/old']['mAP@R']:.4f}, new/new {ev['rows']['new/new']['mAP@R']:.4f}); "
                 f"ECC {'passed' if ev['ecc'] else 'NOT passed'}; gap closed {_fmt(ev['gap_closed'])}")
+        if ev.get("stayed_at_start"):
+            ctx.log(f"{ev['selected']} stayed at start: no training step improved on its initialisation, so it "
+                    "is that initialisation (e.g. Procrustes) under another name")
+        for name in ev.get("candidates_stayed_at_start", {}):
+            ctx.log(f"auto: {name} stayed at start and was not ranked")
         ctx.progress(0.96, "saving the transformation")
         relative = Path(f"u{upgrade.id}") / f"job{ctx.job.id}-{uuid.uuid4().hex[:8]}"
         staging = self.root / (str(relative) + ".partial")
@@ -148,14 +211,37 @@ class Upgrades:
         record = self.store.add_transformation(upgrade.id, ctx.job.id, ev["selected"],
                                                str(Path("transformations") / relative), bundle.passes_ecc, ev)
         activated = False
-        if bundle.passes_ecc:
+        versus = self._versus_active(self.upgrade(upgrade.id), bundle, pairs, int(p.get("seed", 0))) \
+            if trigger == "policy" else None
+        if not bundle.passes_ecc:
+            ctx.log(f"transformation {record.id} does not pass the ECC: not activated (activate with force)")
+        elif versus is not None and not versus["beats_active"]:
+            ctx.log(f"transformation {record.id} passes the ECC but does not beat the active transformation "
+                    f"{versus['active']} on its held-out pairs (new/old {PRIMARY} {versus['new']:.4f} vs "
+                    f"{versus['active_score']:.4f}): not activated")
+        else:
             self.activate(upgrade, record.id, force=False)
             activated = True
             ctx.log(f"transformation {record.id} passes the ECC: activated")
-        else:
-            ctx.log(f"transformation {record.id} does not pass the ECC: not activated (activate with force)")
         return {"transformation_id": record.id, "activated": activated, "passes_ecc": bundle.passes_ecc,
-                "selected": ev["selected"], "gap_closed": ev["gap_closed"]}
+                "selected": ev["selected"], "gap_closed": ev["gap_closed"], "trigger": trigger,
+                "versus_active": versus}
+
+    def _versus_active(self, upgrade: UpgradeRecord, bundle: UpgradeBundle, pairs, seed: int) -> dict | None:
+        """The active transformation scored on the new bundle's held-out pairs (None: nothing active).
+
+        The active map may have trained on some of those pairs (they were fewer then), which can only
+        flatter it: a retrain that wins here wins despite that."""
+        if upgrade.active_transformation_id is None:
+            return None
+        active = self.store.get_transformation(upgrade.active_transformation_id)
+        incumbent = UpgradeBundle.load(self.settings.data_dir / active.path)
+        _, hold = split_holdout(len(pairs.old), 0.2, self.settings.max_holdout_pairs, seed)
+        test = EvalSet(pairs.old[hold], pairs.new[hold], None if pairs.labels is None else pairs.labels[hold])
+        active_score = test.metrics(incumbent.new_to_old(test.new), test.old).as_dict()[PRIMARY]
+        new_score = bundle.evaluation["rows"]["new/old"][PRIMARY]
+        return {"active": active.id, "active_score": float(active_score), "new": float(new_score),
+                "beats_active": bool(new_score > active_score)}
 
     # ---- activation ---------------------------------------------------------------------------
     def transformation(self, upgrade: UpgradeRecord, transformation_id: int | None) -> TransformationRecord:
@@ -196,6 +282,11 @@ class Upgrades:
         for partial in self.root.glob("u*/*.partial"):
             if partial.stat().st_mtime < cutoff:
                 shutil.rmtree(partial, ignore_errors=True)
+
+
+def _check_method(method: str, field: str) -> None:
+    if method not in SERVABLE_METHODS:
+        raise Invalid(f"unknown or unservable method {method!r}; choose from {', '.join(SERVABLE_METHODS)}", field)
 
 
 def _fmt(value: float | None) -> str:

@@ -23,7 +23,8 @@ _HITS = select(Item.id, Item.collection_id, Item.key, Item.model_id).where(Item.
 _HITS_WITH_PAYLOAD = select(Item.id, Item.collection_id, Item.key, Item.model_id, Item.payload).where(
     Item.id.in_(_IDS)
 )
-_VECTORS = select(Item.id, Item.collection_id, Item.vector).where(Item.id.in_(_IDS))
+_VECTORS = select(Item.id, Item.collection_id, Item.model_id, Item.vector).where(Item.id.in_(_IDS))
+_KEPT = select(ItemHistory.item_id, ItemHistory.model_id).where(ItemHistory.item_id.in_(_IDS))
 
 
 class AlreadyExists(Exception):
@@ -63,9 +64,20 @@ class ItemRecord:
 
 @dataclass(frozen=True)
 class HitRecord:
+    """What a query needs of a hit: its key, payload, and every model it has a vector in.
+
+    `models` is the current model plus the models whose vectors were kept when it was re-embedded
+    (item_history): a query serves each item from the best of these (service/core/merge.py).
+    """
+
     key: str
     model_id: int
     payload: dict | None
+    models: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.model_id not in self.models:
+            object.__setattr__(self, "models", self.models | {self.model_id})
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,9 @@ class UpsertOutcome:
     """What one committed upsert changed.
 
     `ids` are the items' row ids (the ids the index stores), aligned with the request;
-    `replaced` maps model id -> row ids whose previous vector (in that model) must leave the index;
+    `replaced` maps model id -> row ids whose previous vector (in that model) must leave the index
+    (the written model itself for rewrites; models whose vectors the write did not keep);
+    `kept` counts items whose previous-model vector stays searchable beside the new one;
     `tag` is the collection's change counter after this write.
     """
 
@@ -82,6 +96,7 @@ class UpsertOutcome:
     updated: int
     replaced: dict[int, np.ndarray]
     tag: int
+    kept: int = 0
 
 
 def encode_vector(vec: np.ndarray) -> bytes:
@@ -180,8 +195,15 @@ class ItemStore:
         keys: Sequence[str],
         vectors: np.ndarray,
         payloads: Sequence[dict | None],
+        keep_models: frozenset[int] = frozenset(),
     ) -> UpsertOutcome:
-        """Insert or replace a batch in one transaction: all of it is committed or none of it."""
+        """Insert or replace a batch in one transaction: all of it is committed or none of it.
+
+        An existing item's vectors in models of `keep_models` stay (its previous current vector is
+        copied to item_history and stays indexed); its vectors in any other model are dropped. The
+        caller decides the set (gallery.py: a re-embedding keeps older versions, a content change
+        keeps none, a write never keeps versions newer than the one written).
+        """
         n = len(keys)
         now = utcnow()
         with self._sessions.begin() as s:
@@ -202,8 +224,11 @@ class ItemStore:
                     )
                 ):
                     existing[key] = (row_id, old_model)
+            history = self._history_models(s, [row_id for row_id, _ in existing.values()])
             inserts, updates = [], []
             replaced: dict[int, list[int]] = {}
+            to_history: dict[int, list[int]] = {}
+            drop_history: list[tuple[int, int]] = []
             ids = np.zeros(n, dtype=np.int64)
             new_positions = []
             for pos, (key, vec, payload, seq) in enumerate(zip(keys, vectors, payloads, seqs, strict=True)):
@@ -211,15 +236,23 @@ class ItemStore:
                           "updated_at": now}
                 if key in existing:
                     row_id, old_model = existing[key]
-                    replaced.setdefault(old_model, []).append(row_id)
+                    if old_model == model_id or old_model not in keep_models:
+                        replaced.setdefault(old_model, []).append(row_id)
+                    else:
+                        to_history.setdefault(old_model, []).append(row_id)
+                    for kept_model in history.get(row_id, ()):
+                        if kept_model == model_id or kept_model not in keep_models:
+                            drop_history.append((row_id, kept_model))
+                            replaced.setdefault(kept_model, []).append(row_id)
                     updates.append({"id": row_id, **values})
                     ids[pos] = row_id
                 else:
                     inserts.append({"collection_id": collection_id, "key": key, **values})
                     new_positions.append(pos)
-            for old_model, row_ids in replaced.items():
-                if old_model != model_id:
-                    self._keep_previous_vectors(s, old_model, row_ids)
+            for row_id, kept_model in drop_history:
+                s.execute(delete(ItemHistory).where(ItemHistory.item_id == row_id, ItemHistory.model_id == kept_model))
+            for old_model, row_ids in to_history.items():
+                self._keep_previous_vectors(s, old_model, row_ids)
             if updates:
                 s.execute(update(Item), updates)
             if inserts:
@@ -229,9 +262,19 @@ class ItemStore:
             ids=ids,
             created=len(inserts),
             updated=len(updates),
-            replaced={m: np.array(v, dtype=np.int64) for m, v in replaced.items()},
+            replaced={m: np.unique(np.array(v, dtype=np.int64)) for m, v in replaced.items()},
             tag=top,
+            kept=sum(len(v) for v in to_history.values()),
         )
+
+    @staticmethod
+    def _history_models(s, row_ids: list[int]) -> dict[int, list[int]]:
+        """row id -> models whose vectors item_history keeps for it."""
+        out: dict[int, list[int]] = {}
+        for chunk in _chunks(row_ids):
+            for item_id, kept_model in s.execute(_KEPT, {"ids": list(chunk)}):
+                out.setdefault(item_id, []).append(kept_model)
+        return out
 
     @staticmethod
     def _keep_previous_vectors(s, old_model: int, row_ids: list[int]) -> None:
@@ -268,8 +311,9 @@ class ItemStore:
                 ItemHistory.item_id.in_(select(Item.id).where(Item.collection_id == collection_id))))
             return 0
 
-    def delete_item(self, collection_id: int, key: str) -> tuple[int, int, int] | None:
-        """Delete an item; return (model_id, row id, new collection tag), or None if absent."""
+    def delete_item(self, collection_id: int, key: str) -> tuple[list[int], int, int] | None:
+        """Delete an item with every kept vector; return (models it had vectors in, current first;
+        row id; new collection tag), or None if absent."""
         with self._sessions.begin() as s:
             row = s.execute(
                 select(Item.id, Item.model_id).where(Item.collection_id == collection_id, Item.key == key)
@@ -282,8 +326,10 @@ class ItemStore:
                 .values(seq=Collection.seq + 1)
                 .returning(Collection.seq)
             ).scalar_one()
+            kept = self._history_models(s, [row.id]).get(row.id, [])
+            s.execute(delete(ItemHistory).where(ItemHistory.item_id == row.id))
             s.execute(Item.__table__.delete().where(Item.id == row.id))
-            return row.model_id, row.id, tag
+            return [row.model_id, *sorted(kept)], row.id, tag
 
     def get_item(self, collection_id: int, key: str, dim_of: Callable[[int], int]) -> ItemRecord | None:
         """The item and its vector; `dim_of(model id)` gives the width to decode it with."""
@@ -302,28 +348,64 @@ class ItemStore:
         out: dict[int, HitRecord] = {}
         with self.engine.connect() as conn:
             for chunk in _chunks(list(ids)):
-                for row in conn.execute(statement, {"ids": list(chunk)}):
-                    if row.collection_id == collection_id:
-                        out[row.id] = HitRecord(row.key, row.model_id, row.payload if with_payload else None)
+                rows = [row for row in conn.execute(statement, {"ids": list(chunk)})
+                        if row.collection_id == collection_id]
+                kept: dict[int, set[int]] = {}
+                if rows:
+                    for item_id, model_id in conn.execute(_KEPT, {"ids": [row.id for row in rows]}):
+                        kept.setdefault(item_id, set()).add(model_id)
+                for row in rows:
+                    out[row.id] = HitRecord(row.key, row.model_id, row.payload if with_payload else None,
+                                            frozenset(kept.get(row.id, ())))
         return out
 
-    def partition_ids(self, collection_id: int, model_id: int, changed_after: int | None = None) -> np.ndarray:
-        """Sorted row ids of the items whose vector is in `model_id` (optionally: written after a tag)."""
+    def partition_ids(self, collection_id: int, model_id: int, changed_after: int | None = None,
+                      current_only: bool = False) -> np.ndarray:
+        """Sorted row ids of the items with a vector in `model_id`: their current one, or one kept
+        from before a re-embedding (unless `current_only`); optionally only items written after a tag."""
         query = select(Item.id).where(Item.collection_id == collection_id, Item.model_id == model_id)
+        kept = (select(Item.id).join(ItemHistory, ItemHistory.item_id == Item.id)
+                .where(Item.collection_id == collection_id, ItemHistory.model_id == model_id))
         if changed_after is not None:
             query = query.where(Item.seq > changed_after)
+            kept = kept.where(Item.seq > changed_after)
         with self._sessions() as s:
-            ids = s.scalars(query).all()
+            ids = list(s.scalars(query).all())
+            if not current_only:
+                ids += s.scalars(kept).all()
         return np.sort(np.asarray(ids, dtype=np.int64))
 
-    def vectors_by_id(self, collection_id: int, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(row ids found, their vectors) for the given row ids."""
+    def kept_counts(self, collection_id: int) -> dict[int, int]:
+        """Per model: items whose vector in it is kept beside a newer current one (item_history)."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(ItemHistory.model_id, func.count())
+                .join(Item, Item.id == ItemHistory.item_id)
+                .where(Item.collection_id == collection_id)
+                .group_by(ItemHistory.model_id)
+            )
+            return {model_id: int(n) for model_id, n in rows}
+
+    def vectors_by_id(self, collection_id: int, model_id: int, ids: Sequence[int],
+                      dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row ids found, their vectors in `model_id`: current or kept) for the given row ids."""
         found: list[int] = []
         blobs: list[bytes] = []
+        history = select(ItemHistory.item_id, ItemHistory.vector).where(
+            ItemHistory.item_id.in_(_IDS), ItemHistory.model_id == model_id)
         with self.engine.connect() as conn:
             for chunk in _chunks(list(ids)):
-                for row_id, owner, blob in conn.execute(_VECTORS, {"ids": list(chunk)}):
-                    if owner == collection_id:  # primary-key lookup only; see hits_by_id
+                others = []
+                for row_id, owner, current_model, blob in conn.execute(_VECTORS, {"ids": list(chunk)}):
+                    if owner != collection_id:  # primary-key lookup only; see hits_by_id
+                        continue
+                    if current_model == model_id:
+                        found.append(row_id)
+                        blobs.append(blob)
+                    else:
+                        others.append(row_id)
+                if others:
+                    for row_id, blob in conn.execute(history, {"ids": others}):
                         found.append(row_id)
                         blobs.append(blob)
         return np.asarray(found, dtype=np.int64), decode_vectors(blobs, dim)

@@ -102,10 +102,13 @@ class Item(Base):
 
 
 class ItemHistory(Base):
-    """An item's vector in a model it has since left (kept when an upsert moves it to another model).
+    """An item's vector in a model it has since left, kept when an upsert re-embeds it elsewhere.
 
-    Re-embedding an item into a successor model turns it into a training pair for free; the old
-    vector is kept here (not in any index) until the operator retires that model version.
+    A kept vector stays in its model's index partition, so clients still querying with that model
+    are served from it (no reverse map, no regression while a gallery migrates), and re-embedding
+    an item turns it into a training pair for free. It is dropped when the operator retires that
+    model version, when a write says the item's content changed (`previous_vectors: "drop"`), or
+    when a write in an older version supersedes it.
     """
 
     __tablename__ = "item_history"
@@ -140,6 +143,11 @@ class Upgrade(Base):
     new_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), nullable=False)
     active_transformation_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     revision: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Training policy (None: train on request only): train once `policy_min_pairs` pairs exist,
+    # again each time the count doubles since `policy_trained_pairs` (the count at the last trigger).
+    policy_min_pairs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    policy_method: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    policy_trained_pairs: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
 

@@ -22,6 +22,9 @@ class UpgradeRecord:
     revision: int
     created_at: datetime
     updated_at: datetime
+    policy_min_pairs: int | None = None  # None: trains on request only
+    policy_method: str | None = None
+    policy_trained_pairs: int = 0  # pair count at the last training the policy started
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class PairSet:
 
 def _upgrade(row: Upgrade) -> UpgradeRecord:
     return UpgradeRecord(row.id, row.old_model_id, row.new_model_id, row.active_transformation_id, row.revision,
-                         row.created_at, row.updated_at)
+                         row.created_at, row.updated_at, row.policy_min_pairs, row.policy_method,
+                         row.policy_trained_pairs or 0)
 
 
 def _transformation(row: Transformation) -> TransformationRecord:
@@ -74,6 +78,31 @@ class UpgradeStore:
             s.add(row)
             s.flush()
             return _upgrade(row)
+
+    def set_policy(self, upgrade_id: int, min_pairs: int | None, method: str | None) -> UpgradeRecord | None:
+        """Set (or with None, clear) the training policy; the trigger count starts afresh."""
+        with self._sessions.begin() as s:
+            row = s.get(Upgrade, upgrade_id)
+            if row is None:
+                return None
+            row.policy_min_pairs, row.policy_method, row.policy_trained_pairs = min_pairs, method, 0
+            row.updated_at = utcnow()
+            s.flush()
+            return _upgrade(row)
+
+    def claim_policy_training(self, upgrade_id: int, pairs: int) -> bool:
+        """Compare-and-set: record that the policy trains at `pairs` pairs, if it is due (at least
+        `policy_min_pairs`, and at least twice the count of the last policy training). Exactly one
+        of concurrent callers wins."""
+        with self._sessions.begin() as s:
+            done = s.execute(
+                update(Upgrade)
+                .where(Upgrade.id == upgrade_id, Upgrade.policy_min_pairs.is_not(None),
+                       Upgrade.policy_min_pairs <= pairs, Upgrade.policy_trained_pairs * 2 <= pairs,
+                       Upgrade.policy_trained_pairs < pairs)
+                .values(policy_trained_pairs=pairs)
+            )
+            return done.rowcount == 1
 
     def get_upgrade(self, upgrade_id: int) -> UpgradeRecord | None:
         with self._sessions() as s:

@@ -89,6 +89,53 @@ def curve(points: Sequence[dict], width: int = 560, height: int = 220) -> Markup
     return Markup("".join(parts))
 
 
+def migration(curves: dict, markers: Sequence[tuple[str, float]], width: int = 560, height: int = 240) -> Markup:
+    """Quality (mAP@R) of new- and old-model queries against the share of the gallery re-embedded,
+    replayed on held-out pairs (adapters/migration.py); a marker per collection at its share now."""
+    series = {name: curves.get(name) or [] for name in ("random", "suggested")}
+    if not any(len(v) >= 2 for v in series.values()):
+        return Markup('<p class="muted">no migration curve (transformation trained before it was recorded)</p>')
+    base = next(v for v in series.values() if len(v) >= 2)
+    lines = {
+        "new-model queries, random order": ([p["new_mAP@R"] for p in series["random"]], "#34508f", series["random"]),
+        "new-model queries, suggested order": ([p["new_mAP@R"] for p in series["suggested"]], "#27ae60",
+                                               series["suggested"]),
+        "old-model queries (kept old vectors)": ([p["old_mAP@R"] for p in base], "#c0392b", base),
+    }
+    values = [v for vals, _, _ in lines.values() for v in vals]
+    lo, hi = min(values), max(values)
+    lo, hi = lo - 0.05 * (hi - lo + 1e-6), hi + 0.05 * (hi - lo + 1e-6)
+    pad = 44
+
+    def x(share: float) -> float:
+        return pad + share * (width - 2 * pad)
+
+    def y(v: float) -> float:
+        return height - pad - (v - lo) / (hi - lo) * (height - 2 * pad)
+
+    parts = [f'<svg class="migration" width="{width}" height="{height}" role="img" aria-label="migration curve">',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>',
+             f'<text x="{width / 2}" y="{height - 8}" font-size="11" text-anchor="middle">share of the gallery '
+             're-embedded (0 – 100 %)</text>',
+             f'<text x="4" y="{pad - 8}" font-size="11">mAP@R {hi:.3f}</text>',
+             f'<text x="4" y="{height - pad + 14}" font-size="11">{lo:.3f}</text>']
+    for i, (name, (vals, color, pts)) in enumerate(lines.items()):
+        if len(vals) < 2:
+            continue
+        path = " ".join(f"{x(p['share']):.1f},{y(v):.1f}" for p, v in zip(pts, vals, strict=True))
+        parts.append(f'<polyline class="series" data-series="{escape(name)}" fill="none" stroke="{color}" '
+                     f'stroke-width="2" points="{path}"/>')
+        parts.append(f'<text x="{pad + 8}" y="{pad + 14 * i}" font-size="11" fill="{color}">{escape(name)}</text>')
+    for name, share in markers:
+        parts.append(f'<g class="now" data-collection="{escape(name)}"><line x1="{x(share):.1f}" y1="{pad}" '
+                     f'x2="{x(share):.1f}" y2="{height - pad}" stroke="#888" stroke-dasharray="4 3"/>'
+                     f'<text x="{x(share) + 3:.1f}" y="{height - pad - 4}" font-size="10">{escape(name)} '
+                     f'{share:.0%}</text></g>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def heatmap(names: Sequence[str], matrix: Sequence[Sequence[float | None]]) -> Markup:
     """Query model (rows) x gallery model (columns), value in each cell."""
     cell, left, top = 84, 130, 70

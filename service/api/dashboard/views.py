@@ -100,8 +100,22 @@ def overview(request: Request, settings: deps.SettingsDep, catalog: deps.Catalog
 
 def _upgrade_summary(store, by_id, u) -> dict:
     active = store.get_transformation(u.active_transformation_id) if u.active_transformation_id else None
+    policy = None if u.policy_min_pairs is None else {
+        "min_pairs": u.policy_min_pairs, "method": u.policy_method, "trained_at_pairs": u.policy_trained_pairs}
     return {"id": u.id, "old": by_id[u.old_model_id].name, "new": by_id[u.new_model_id].name,
-            "active": active, "pairs": store.pair_counts(u)}
+            "active": active, "pairs": store.pair_counts(u), "policy": policy}
+
+
+def _migration_markers(catalog, store, upgrade) -> list[tuple[str, float]]:
+    """(collection, share of its items whose current vector is in the upgrade's new model) for the
+    collections holding items of either model."""
+    markers = []
+    for c in catalog.collections():
+        counts = store.item_counts(c.id)
+        total = sum(counts.values())
+        if total and (counts.get(upgrade.old_model_id) or counts.get(upgrade.new_model_id)):
+            markers.append((c.name, counts.get(upgrade.new_model_id, 0) / total))
+    return markers
 
 
 @router.get("/upgrades/{upgrade_id}", response_class=HTMLResponse)
@@ -116,6 +130,7 @@ def upgrade_page(request: Request, upgrade_id: int, settings: deps.SettingsDep, 
     shown = next((x for x in transformations if x.id == wanted), transformations[-1] if transformations else None)
     jobs = [j for j in store.list_jobs(subject=f"upgrade:{upgrade.id}", limit=10)]
     return _page(request, settings, "upgrade.html", upgrade=_upgrade_summary(store, by_id, upgrade),
+                 migration=_migration_markers(catalog, store, upgrade),
                  transformations=list(reversed(transformations)), shown=shown, jobs=jobs,
                  active_id=upgrade.active_transformation_id, methods=["auto", *[m for m in SERVABLE_METHODS
                                                                                  if m != "auto"]])

@@ -50,6 +50,8 @@ def collection_out(collection: CollectionRecord, catalog: Catalog, gallery: Gall
         index=IndexOptions(**collection.index_spec),
         items=sum(counts.values()),
         items_per_model={catalog.model_by_id(mid).name: n for mid, n in counts.items()},
+        kept_per_model={catalog.model_by_id(mid).name: n
+                        for mid, n in catalog.store.kept_counts(collection.id).items()},
         partitions=[PartitionOut(model=catalog.model_by_id(mid).name, vectors=st.vectors, structure=st.structure,
                                  rebuilding=st.rebuilding) for mid, st in sorted(states.items())],
         created_at=collection.created_at,
@@ -86,6 +88,7 @@ def upsert_items(
     catalog: deps.CatalogDep,
     gallery: deps.GalleryDep,
     settings: deps.SettingsDep,
+    upgrades: deps.UpgradesDep,
 ) -> UpsertOut:
     collection = catalog.collection(name)
     model = catalog.model_for_collection(collection, body.model)
@@ -101,9 +104,13 @@ def upsert_items(
             rows.append(np.asarray(item.vector, dtype=np.float32))
     vectors = stack_rows(rows, model.dim, fields)
     outcome = gallery.upsert(
-        collection, model, [it.id for it in body.items], vectors, [it.payload for it in body.items]
+        collection, model, [it.id for it in body.items], vectors, [it.payload for it in body.items],
+        keep_previous=body.previous_vectors == "keep",
     )
-    return UpsertOut(model=model.name, received=len(body.items), created=outcome.created, updated=outcome.updated)
+    if outcome.kept:
+        upgrades.after_items_written(model.id)  # re-embedded items are training pairs
+    return UpsertOut(model=model.name, received=len(body.items), created=outcome.created, updated=outcome.updated,
+                     kept=outcome.kept)
 
 
 @router.get("/{name}/items/{item_id:path}", response_model=ItemOut, dependencies=[Depends(require_reader)])

@@ -8,6 +8,7 @@ from service.api import deps
 from service.api.auth import require_admin, require_reader
 from service.api.schemas import ModelCreate, ModelOut
 from service.core.catalog import Catalog
+from service.core.errors import Invalid
 from service.store import ModelRecord
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -27,8 +28,14 @@ def model_out(model: ModelRecord, catalog: Catalog) -> ModelOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut, dependencies=[Depends(require_admin)])
-def create_model(body: ModelCreate, catalog: deps.CatalogDep) -> ModelOut:
+def create_model(body: ModelCreate, catalog: deps.CatalogDep, upgrades: deps.UpgradesDep) -> ModelOut:
+    if body.training is not None:
+        if body.successor_of is None:
+            raise Invalid("a training policy needs successor_of (it trains the upgrade from that model)", "training")
+        upgrades.check_policy(body.training.min_pairs, body.training.method)
     model = catalog.create_model(body.name, body.dim, body.metric, body.successor_of, body.description)
+    if body.training is not None:
+        upgrades.set_policy(upgrades.upgrade_into(model.id), body.training.min_pairs, body.training.method)
     return model_out(model, catalog)
 
 

@@ -15,6 +15,8 @@ from service.api.schemas import (
     JobOut,
     PairsOut,
     PairsUpload,
+    TrainingPolicy,
+    TrainingPolicyOut,
     TrainRequest,
     TransformationOut,
     UpgradeCreate,
@@ -46,6 +48,9 @@ def upgrade_out(upgrade: UpgradeRecord, upgrades: Upgrades, catalog: Catalog) ->
         pairs=store.pair_counts(upgrade),
         transformations=transformations,
         jobs=jobs,
+        training=None if upgrade.policy_min_pairs is None else TrainingPolicyOut(
+            min_pairs=upgrade.policy_min_pairs, method=upgrade.policy_method or "auto",
+            trained_at_pairs=upgrade.policy_trained_pairs),
         created_at=upgrade.created_at,
         updated_at=upgrade.updated_at,
     )
@@ -90,8 +95,23 @@ def upload_pairs(
         raise Invalid(f"has {len(new)} rows but the old side has {len(old)}; rows must be paired", field)
     labels = None if body.labels is None else [str(v) for v in body.labels]
     created, replaced = upgrades.add_pairs(upgrade, body.ids, old, new, labels)
+    upgrades.train_if_due(upgrades.upgrade(upgrade.id))
     return PairsOut(upgrade_id=upgrade.id, received=len(old), created=created, replaced=replaced,
                     pairs=upgrades.store.pair_counts(upgrade))
+
+
+@router.put("/{upgrade_id}/training", response_model=UpgradeOut, dependencies=[Depends(require_admin)])
+def set_training_policy(upgrade_id: int, body: TrainingPolicy, upgrades: deps.UpgradesDep,
+                        catalog: deps.CatalogDep) -> UpgradeOut:
+    """Train by itself from `min_pairs` pairs on, and again as they double (starts at once if due)."""
+    updated = upgrades.set_policy(upgrades.upgrade(upgrade_id), body.min_pairs, body.method)
+    return upgrade_out(updated, upgrades, catalog)
+
+
+@router.delete("/{upgrade_id}/training", response_model=UpgradeOut, dependencies=[Depends(require_admin)])
+def clear_training_policy(upgrade_id: int, upgrades: deps.UpgradesDep, catalog: deps.CatalogDep) -> UpgradeOut:
+    """Back to training on request only (a running job finishes)."""
+    return upgrade_out(upgrades.set_policy(upgrades.upgrade(upgrade_id), None), upgrades, catalog)
 
 
 @router.post("/{upgrade_id}/train", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
