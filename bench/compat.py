@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--pairs", default=",".join(PAIRS))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--modes", default=",".join(MODES), help='"labels", "no labels" or both (comma-separated)')
-    parser.add_argument("--dataset", default="wordnet-4k", choices=["wordnet-4k", "wordnet-20k"])
+    parser.add_argument("--dataset", default="wordnet-4k", choices=["wordnet-4k", "wordnet-20k", "debian-4k"])
     parser.add_argument("--items", type=int, default=None, help="draw this many items at random (wordnet-20k)")
     parser.add_argument("--draw", type=int, default=0,
                         help="with --items: the k-th sample, disjoint from draws 0..k-1 (a fresh confirmation set)")
