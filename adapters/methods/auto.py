@@ -95,9 +95,10 @@ def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: 
                 params: dict[str, Any], seed: int, progress: ProgressFn) -> OutOfFold:
     """Fit each candidate once per scored fold (on the other folds) and map the fold's new vectors.
 
-    A trained candidate that returns its initialisation (no step improved on its start: on frozen
-    features OCA's orthogonal map stays at its Procrustes start) is dropped at once -- it would
-    only repeat another candidate under its own name -- and no more time is spent on it."""
+    A trained candidate that returns its initialisation on every scored fold (no step improved on
+    its start: on frozen features OCA's orthogonal map stays at its Procrustes start) is reported
+    in `stayed`: it would only repeat another candidate under its own name, so the caller ranks
+    it nowhere and spends no further draws on it."""
     parts, unseen = selection_folds(len(x_old), labels, int(params["folds"]), seed)
     scored: list[np.ndarray] = []
     for held in parts:
@@ -113,14 +114,12 @@ def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: 
     order = np.argsort(pool)
     queries: dict[str, list[np.ndarray]] = {name: [] for name in names}
     seconds = dict.fromkeys(names, 0.0)
-    stayed: dict[str, float] = {}
+    stayed_folds: dict[str, int] = dict.fromkeys(names, 0)
     steps = len(names) * len(scored)
     for f, held in enumerate(scored):
         fit = np.setdiff1d(np.arange(len(x_old)), parts[f])
         for i, name in enumerate(names):
             done = f * len(names) + i
-            if name in stayed:
-                continue
 
             def sub(fraction: float, message: str, done: int = done, fold: int = f) -> None:
                 progress((done + fraction) / steps, f"fold {fold + 1}/{len(scored)}: {message}")
@@ -128,11 +127,9 @@ def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: 
             candidate = create(name, **params["method_params"].get(name, {}))
             candidate.fit(x_old[fit], x_new[fit], None if labels is None else labels[fit], seed=seed, progress=sub)
             seconds[name] += candidate.report.fit_seconds
-            if candidate.report.stayed_at_start:
-                stayed[name] = seconds.pop(name)
-                queries.pop(name)
-                continue
+            stayed_folds[name] += int(candidate.report.stayed_at_start)
             queries[name].append(candidate.transform(x_new[held]))
+    stayed = {name: seconds[name] for name, n in stayed_folds.items() if n == len(scored)}
     return OutOfFold(pool=pool[order], unseen=unseen[pool][order],
                      queries={name: np.concatenate(q)[order] for name, q in queries.items()},
                      fit_seconds=seconds, stayed=stayed)
@@ -255,7 +252,7 @@ class Auto(Adapter):
             oof = out_of_fold([n for n in names if n not in stayed], x_old, x_new, labels, self.params, seed + r, sub)
             stayed.update(oof.stayed)
             pools.append(score_pool(oof, x_old, x_new, labels, seed + r))
-        kept = set.intersection(*(set(p.results) for p in pools))  # a candidate dropped in a later draw goes
+        kept = set.intersection(*(set(p.results) for p in pools)) - set(stayed)  # never ranked
         for p in pools:
             p.results = {n: v for n, v in p.results.items() if n in kept}
             p.parts = {part: {n: v for n, v in sc.items() if n in kept} for part, sc in p.parts.items()}
