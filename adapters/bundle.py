@@ -7,8 +7,9 @@ An `UpgradeBundle` holds, for old model A -> new model B:
   direction; the better on the held-out pairs is kept, and its reported old/new row is
   cross-fitted (chosen on one half of the held-out pairs, measured on the other, both ways);
 - score maps putting routed scores on the query model's scale (calibration.py), both directions,
-  fitted on one half of the held-out pairs and chosen on the other -- they enter no reported row (they only merge items
-  that have no vector in the partition a query ranks by, service/core/merge.py);
+  fitted on one half of the held-out pairs and chosen on the other -- they enter no reported row
+  (they only merge items that have no vector in the partition a query ranks by,
+  service/core/merge.py);
 - a reliability model ordering the backfill (reliability.py);
 - the migration curve: quality of new- and old-model queries as a gallery of held-out items is
   re-embedded in a random and in the suggested order, under the service's merge (migration.py);
@@ -38,6 +39,7 @@ from adapters.registry import create, load
 from adapters.reliability import ReliabilityModel, fit_reliability, item_errors, spearman
 from adapters.vectors import check_pairs
 
+HOLDOUT_FRACTION = 0.2  # share of the pairs held out of every fit (at most `max_holdout`)
 META_FILE = "bundle.json"
 RELIABILITY_FILE = "reliability.safetensors"
 
@@ -205,7 +207,7 @@ def build_bundle(
     params: dict[str, Any] | None = None,
     metric_old: str = "cosine",
     metric_new: str = "cosine",
-    holdout_fraction: float = 0.2,
+    holdout_fraction: float = HOLDOUT_FRACTION,
     max_holdout: int = 5_000,
     seed: int = 0,
     progress: ProgressFn | None = None,

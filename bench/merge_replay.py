@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from adapters.bundle import UpgradeBundle, build_bundle
+from adapters.bundle import HOLDOUT_FRACTION, UpgradeBundle, build_bundle, split_holdout
 from adapters.calibration import IDENTITY, fit_distribution_map, fit_score_map
 from adapters.migration import percentile_merge, score_merge, slot_merge
 from adapters.vectors import normalize
@@ -98,9 +98,7 @@ def replay(dataset: str, pair: str, method: str, seed: int, log) -> dict:
     started = time.perf_counter()
     bundle = build_bundle(old[train], new[train], labels[train], method=method, seed=seed)
     fit_seconds = time.perf_counter() - started
-    from adapters.bundle import split_holdout
-
-    _, held_local = split_holdout(len(train), 0.2, 5_000, seed)
+    _, held_local = split_holdout(len(train), HOLDOUT_FRACTION, 5_000, seed)  # the pairs build_bundle held out
     held = train[held_local]
     maps = {"new": calibration_maps(bundle, old, new, held, "new"),
             "old": calibration_maps(bundle, old, new, held, "old")}

@@ -114,10 +114,11 @@ class Gallery:
                 raise Invalid(f"id {key!r} appears twice in one batch (also at items[{seen[key]}])", f"items[{i}].id")
             seen[key] = i
         with self.write_lock(collection.id):  # retire() takes this lock too: no write slips past it
-            if model.id in self.store.retired_models(collection.id):
+            retired = self.store.retired_models(collection.id)
+            if model.id in retired:
                 raise Conflict(f"model {model.name!r} is retired in collection {collection.name!r}", "model")
             target = self.ensure_partition(collection, model)
-            keep = self._keepable_models(collection, model) if keep_previous else frozenset()
+            keep = self._keepable_models(collection, model, retired) if keep_previous else frozenset()
             outcome = self.store.upsert_items(collection.id, model.id, keys, vectors, payloads, keep)
             writes: dict[str, PartitionWrite] = {}
             for old_model_id, old_ids in outcome.replaced.items():
@@ -129,11 +130,11 @@ class Gallery:
             self.hits.invalidate(collection.id, outcome.ids)  # payloads may have changed
         return outcome
 
-    def _keepable_models(self, collection: CollectionRecord, model: ModelRecord) -> frozenset[int]:
+    def _keepable_models(self, collection: CollectionRecord, model: ModelRecord, retired: set[int]) -> frozenset[int]:
         """Versions whose vectors a re-embedding into `model` keeps: the collection's lineage less
-        `model`, its successors and retired versions."""
+        `model`, its successors and the `retired` versions."""
         base = self.catalog.model_by_id(collection.base_model_id)
-        drop = self.catalog.descendants(model) | {model.id} | self.store.retired_models(collection.id)
+        drop = self.catalog.descendants(model) | {model.id} | retired
         return frozenset(m.id for m in self.catalog.lineage(base) if m.id not in drop)
 
     def delete(self, collection: CollectionRecord, key: str) -> None:
@@ -250,7 +251,8 @@ class Gallery:
             route = outcome.searched[mid].route
             if route.edges:
                 result.scores = route.score_map(result.scores)
-        wanted = sorted({int(i) for r in results.values() for i in np.unique(r.ids) if i >= 0})
+        found = np.unique(np.concatenate([r.ids.ravel() for r in results.values()]))
+        wanted = found[found >= 0].tolist()
         records = self.hits.resolve(collection.id, wanted, lambda ids: self.store.hits_by_id(collection.id, ids))
         reach = {mid: Reach(part.route.quality, part.route.ratios, part.route.holdout_pairs)
                  for mid, part in outcome.searched.items()}

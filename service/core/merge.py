@@ -135,13 +135,11 @@ def merge_row(
     # The anchor's ranking: its own items stay, the others' positions become their servers' slots.
     slotted: list[tuple[float, MergedHit]] = []  # (position score, hit)
     taken = {mid: 0 for mid in queues}
-    seen: set[int] = set()
-    if anchor in parts:
+    if anchor in parts:  # a partition lists an id at most once
         part = parts[anchor]
         for item_id, score in zip(part.ids.tolist(), part.scores.tolist(), strict=True):
-            if item_id < 0 or item_id in seen:
+            if item_id < 0:
                 continue
-            seen.add(item_id)
             mid = served_from(item_id)
             if mid == anchor:
                 slotted.append((score, MergedHit(item_id, anchor, score)))

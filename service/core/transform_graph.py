@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ class Route:
             q *= e.quality
         return q
 
-    @property
+    @cached_property
     def ratios(self) -> dict[str, float]:
         """`quality` per metric (top-1, mAP@R): products over the edges."""
         out = dict.fromkeys(METRICS, 1.0)
@@ -77,7 +78,7 @@ class Route:
                 out[metric] *= r
         return out
 
-    @property
+    @cached_property
     def holdout_pairs(self) -> int:
         """The thinnest held-out evidence behind any edge (for trusting `ratios` above 1)."""
         return min((e.bundle.holdout_pairs for e in self.edges), default=1 << 62)

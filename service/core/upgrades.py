@@ -9,8 +9,9 @@ compatibility criterion is activated at once; one that does not waits for an exp
 activation. An upgrade with a training policy (`min_pairs`, `method`) trains by itself once that
 many pairs exist (uploads and re-embedded items count), retrains each time the count doubles,
 and a policy-trained transformation is activated only when it passes the ECC *and* beats the
-active one on its own held-out pairs. Activation (and rollback: re-activating an older transformation) is one database
-update followed by a routing-table swap, so queries switch between two requests, never inside one.
+active one on its own held-out pairs. Activation (and rollback: re-activating an older
+transformation) is one database update followed by a routing-table swap, so queries switch
+between two requests, never inside one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from adapters import create, servable
-from adapters.bundle import UpgradeBundle, build_bundle, split_holdout
+from adapters.bundle import HOLDOUT_FRACTION, UpgradeBundle, build_bundle, split_holdout
 from adapters.evaluate import PRIMARY, EvalSet
 from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound
@@ -236,7 +237,7 @@ class Upgrades:
             return None
         active = self.store.get_transformation(upgrade.active_transformation_id)
         incumbent = UpgradeBundle.load(self.settings.data_dir / active.path)
-        _, hold = split_holdout(len(pairs.old), 0.2, self.settings.max_holdout_pairs, seed)
+        _, hold = split_holdout(len(pairs.old), HOLDOUT_FRACTION, self.settings.max_holdout_pairs, seed)
         test = EvalSet(pairs.old[hold], pairs.new[hold], None if pairs.labels is None else pairs.labels[hold])
         active_score = test.metrics(incumbent.new_to_old(test.new), test.old).as_dict()[PRIMARY]
         new_score = bundle.evaluation["rows"]["new/old"][PRIMARY]

@@ -228,7 +228,7 @@ class ItemStore:
             inserts, updates = [], []
             replaced: dict[int, list[int]] = {}
             to_history: dict[int, list[int]] = {}
-            drop_history: list[tuple[int, int]] = []
+            drop_history: dict[int, list[int]] = {}  # model -> rows whose kept vector in it goes
             ids = np.zeros(n, dtype=np.int64)
             new_positions = []
             for pos, (key, vec, payload, seq) in enumerate(zip(keys, vectors, payloads, seqs, strict=True)):
@@ -242,15 +242,17 @@ class ItemStore:
                         to_history.setdefault(old_model, []).append(row_id)
                     for kept_model in history.get(row_id, ()):
                         if kept_model == model_id or kept_model not in keep_models:
-                            drop_history.append((row_id, kept_model))
+                            drop_history.setdefault(kept_model, []).append(row_id)
                             replaced.setdefault(kept_model, []).append(row_id)
                     updates.append({"id": row_id, **values})
                     ids[pos] = row_id
                 else:
                     inserts.append({"collection_id": collection_id, "key": key, **values})
                     new_positions.append(pos)
-            for row_id, kept_model in drop_history:
-                s.execute(delete(ItemHistory).where(ItemHistory.item_id == row_id, ItemHistory.model_id == kept_model))
+            for kept_model, row_ids in drop_history.items():
+                for chunk in _chunks(row_ids):
+                    s.execute(delete(ItemHistory).where(ItemHistory.item_id.in_(chunk),
+                                                        ItemHistory.model_id == kept_model))
             for old_model, row_ids in to_history.items():
                 self._keep_previous_vectors(s, old_model, row_ids)
             if updates:

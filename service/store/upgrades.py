@@ -26,6 +26,14 @@ class UpgradeRecord:
     policy_method: str | None = None
     policy_trained_pairs: int = 0  # pair count at the last training the policy started
 
+    @property
+    def policy(self) -> dict | None:
+        """The training policy as the API and dashboard show it (None: trains on request only)."""
+        if self.policy_min_pairs is None:
+            return None
+        return {"min_pairs": self.policy_min_pairs, "method": self.policy_method or "auto",
+                "trained_at_pairs": self.policy_trained_pairs}
+
 
 @dataclass(frozen=True)
 class TransformationRecord:

@@ -100,10 +100,8 @@ def overview(request: Request, settings: deps.SettingsDep, catalog: deps.Catalog
 
 def _upgrade_summary(store, by_id, u) -> dict:
     active = store.get_transformation(u.active_transformation_id) if u.active_transformation_id else None
-    policy = None if u.policy_min_pairs is None else {
-        "min_pairs": u.policy_min_pairs, "method": u.policy_method, "trained_at_pairs": u.policy_trained_pairs}
     return {"id": u.id, "old": by_id[u.old_model_id].name, "new": by_id[u.new_model_id].name,
-            "active": active, "pairs": store.pair_counts(u), "policy": policy}
+            "active": active, "pairs": store.pair_counts(u), "policy": u.policy}
 
 
 def _migration_markers(catalog, store, upgrade) -> list[tuple[str, float]]:

@@ -48,9 +48,7 @@ def upgrade_out(upgrade: UpgradeRecord, upgrades: Upgrades, catalog: Catalog) ->
         pairs=store.pair_counts(upgrade),
         transformations=transformations,
         jobs=jobs,
-        training=None if upgrade.policy_min_pairs is None else TrainingPolicyOut(
-            min_pairs=upgrade.policy_min_pairs, method=upgrade.policy_method or "auto",
-            trained_at_pairs=upgrade.policy_trained_pairs),
+        training=None if upgrade.policy is None else TrainingPolicyOut(**upgrade.policy),
         created_at=upgrade.created_at,
         updated_at=upgrade.updated_at,
     )
