@@ -2,6 +2,7 @@
 
     python -m bench.serving                      # 100k x 384-d, flat and hnsw
     python -m bench.serving --n 1000000 --dim 768 --kinds flat,hnsw,ivf
+    python -m bench.serving --backend milvus     # on Milvus vs raw pymilvus (bench/serving_milvus.py)
 
 What it does, per index kind:
 1. builds a gallery of `n` vectors: real MiniLM embeddings of WordNet definitions
@@ -325,7 +326,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/serving_<n>_<dim>.json")
     parser.add_argument("--no-upgrade", dest="upgrade", action="store_false",
                         help="skip the transformation and mixed-gallery measurements")
+    parser.add_argument("--backend", choices=["faiss", "milvus"], default="faiss",
+                        help="milvus: nobackfill on Milvus vs raw pymilvus vs nobackfill on FAISS (serving_milvus.py)")
     args = parser.parse_args()
+    if args.backend == "milvus":
+        from bench.serving_milvus import run
+
+        run(args.n, args.dim, args.queries, args.ef_search, args.out)
+        return
 
     global IVF_NLIST_OVERRIDE
     IVF_NLIST_OVERRIDE = args.ivf_nlist

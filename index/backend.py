@@ -126,9 +126,17 @@ class PartitionState:
 class IndexBackend(ABC):
     """Partitions of vectors, searched and mutated under per-collection consistency."""
 
+    durable: bool = False
+    """True when the engine keeps every applied write across restarts by itself (Milvus): then
+    snapshots are pointless, and a partition whose collection tag equals the store's change
+    counter needs no start-up scan. False (FAISS): the database is the only durable copy."""
+
     def describe(self) -> str:
         """One line for the start-up log: which backend, and where or on what it runs."""
         return type(self).__name__
+
+    def close(self) -> None:  # noqa: B027 -- optional hook: most backends hold nothing to release
+        """Release connections and threads (shutdown); the default holds none."""
 
     @abstractmethod
     def ensure_partition(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> None:

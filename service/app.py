@@ -63,10 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrate(engine)
         store = Store(engine)
         catalog = Catalog(store, settings.max_dim)
-        backend = create_backend(settings.index_backend, directory=settings.index_dir, device=settings.device,
-                                 threads=settings.faiss_threads)
+        backend = create_backend(settings.index_backend, **settings.index_backend_options())
         transforms = TransformGraph(store, settings.data_dir, settings.routing_refresh_seconds)
-        gallery = Gallery(store, catalog, backend, transforms, settings.hit_cache_items, settings.inline_search_work)
+        gallery = Gallery(store, catalog, backend, transforms, settings.hit_cache_items, settings.inline_search_work,
+                          follow_other_writers=backend.durable, follow_seconds=settings.milvus_refresh_seconds,
+                          journal_writes=backend.durable)
         upgrades = Upgrades(store, catalog, settings, on_activation=transforms.reload)
         upgrades.discard_partial_files()
         runner = JobRunner(store, {TRAIN_JOB: upgrades.run_training}, stale_seconds=settings.job_stale_seconds)
@@ -87,7 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 transforms.start()
                 load_all(store, backend, gallery.model_dims(), scheduler)
                 gallery.ready.set()
-                scheduler.start()
+                if not backend.durable:  # snapshots only shorten FAISS start-ups; Milvus keeps its own state
+                    scheduler.start()
                 if settings.run_worker:
                     runner.start()
             except Exception as exc:  # surfaced through /readyz
@@ -102,8 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loader.join(timeout=60)
             runner.stop()
             transforms.stop()
-            if gallery.ready.is_set():
+            if gallery.ready.is_set() and not backend.durable:
                 scheduler.stop(final_snapshot=True)
+            backend.close()
             engine.dispose()
 
     app = FastAPI(

@@ -44,8 +44,21 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     index_backend: str = Field(
-        "faiss", description="Where gallery vectors live: a sub-package of index/ (faiss: embedded, files under "
-        "data_dir)."
+        "faiss", description="Where gallery vectors live: a sub-package of index/ (faiss: embedded, snapshots "
+        "under data_dir; milvus: a Milvus server or cluster, or embedded Milvus Lite)."
+    )
+    milvus_uri: str = Field(
+        "", description="Milvus to use with index_backend=milvus: a local path = embedded Milvus Lite (one process "
+        "only), http://host:19530 = a Milvus server or cluster. Empty = Milvus Lite at data_dir/milvus.db."
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus credentials (`user:password` or an API key).")
+    milvus_prefix: str = Field(
+        "nobackfill_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="Prefix of every Milvus collection this deployment creates (deployments can share one Milvus).",
+    )
+    milvus_refresh_seconds: float = Field(
+        1.0, ge=0, description="How long partition counts and lists read from Milvus are reused before asking "
+        "again: the bound on how soon this process sees partitions another replica created or filled.",
     )
 
     @field_validator("index_backend")
@@ -91,6 +104,14 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "indexes"
+
+    def index_backend_options(self) -> dict:
+        """The keyword arguments `index.create_backend` needs for the chosen backend."""
+        if self.index_backend == "milvus":
+            return {"uri": self.milvus_uri or str((self.data_dir / "milvus.db").resolve()),
+                    "token": self.milvus_token.get_secret_value() if self.milvus_token else None,
+                    "prefix": self.milvus_prefix, "refresh_seconds": self.milvus_refresh_seconds}
+        return {"directory": self.index_dir, "device": self.device, "threads": self.faiss_threads}
 
 
 @lru_cache(maxsize=1)

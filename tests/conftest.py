@@ -55,9 +55,9 @@ def _fresh_pg_database(admin_url: str) -> tuple[str, callable]:
     return url, drop
 
 
-def _database_of_kind(request: pytest.FixtureRequest, sqlite_dir: Path) -> Iterator[str]:
-    """A fresh, empty database of the kind in `request.param`, dropped afterwards (PostgreSQL)."""
-    if request.param == "sqlite":
+def _database_of_kind(request: pytest.FixtureRequest, sqlite_dir: Path, kind: str | None = None) -> Iterator[str]:
+    """A fresh, empty database of `kind` (default `request.param`), dropped afterwards (PostgreSQL)."""
+    if (kind or request.param) == "sqlite":
         yield f"sqlite:///{sqlite_dir / 'test.db'}"
         return
     admin = request.getfixturevalue("pg_server")
@@ -140,13 +140,32 @@ def start_server(tmp_path: Path) -> Iterator[callable]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def live(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One open (no API key) server per database kind, shared by a module's tests."""
-    server = LiveServer(make_settings(tmp_path_factory.mktemp("data"), module_database_url,
-                                      max_body_bytes=2 * 1024 * 1024)).start()
-    yield server
-    server.stop()
+# (database, index backend) set-ups the HTTP suites run on: the storage layer on both databases,
+# the index on both backends (Milvus on PostgreSQL: the scale-out deployment).
+LIVE_SETUPS = [("sqlite", "faiss"), ("postgresql", "faiss"), ("postgresql", "milvus")]
+
+
+def backend_settings(backend: str) -> dict:
+    """Settings overrides for an index backend in tests: Milvus Lite under data_dir, its own prefix."""
+    if backend == "faiss":
+        return {}
+    from tests.backends import milvus_unavailable
+
+    reason = milvus_unavailable()
+    if reason:
+        pytest.skip(reason)
+    return {"index_backend": "milvus", "milvus_prefix": f"t{uuid.uuid4().hex[:8]}_", "milvus_refresh_seconds": 0.0}
+
+
+@pytest.fixture(scope="module", params=LIVE_SETUPS, ids=lambda s: f"{s[0]}-{s[1]}")
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One open (no API key) server per set-up, shared by a module's tests."""
+    database, backend = request.param
+    for url in _database_of_kind(request, tmp_path_factory.mktemp("db"), database):
+        server = LiveServer(make_settings(tmp_path_factory.mktemp("data"), url, max_body_bytes=2 * 1024 * 1024,
+                                          **backend_settings(backend))).start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture

@@ -227,7 +227,7 @@ def test_partition_key_text_round_trips() -> None:
 def test_backend_factory_builds_by_name(tmp_path) -> None:
     backend = create_backend("faiss", directory=tmp_path, device="cpu", threads=1)
     assert isinstance(backend, FaissBackend) and backend.directory == tmp_path
-    assert available_backends() == ["faiss"]
+    assert available_backends() == ["faiss", "milvus"]
     with pytest.raises(ValueError, match="unknown index backend 'nope'; choose from faiss"):
         create_backend("nope")
     with pytest.raises(ValueError, match="unknown options"):

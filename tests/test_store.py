@@ -33,7 +33,7 @@ def seed(store: Store, dim: int = 4):
 def test_migrations_create_the_schema(store: Store) -> None:
     tables = set(inspect(store.engine).get_table_names())
     assert {"models", "collections", "items", "item_history", "upgrades", "upgrade_pairs", "transformations",
-            "jobs", "collection_retirements", "alembic_version"} <= tables
+            "jobs", "collection_retirements", "transformation_files", "index_journal", "alembic_version"} <= tables
     head = ScriptDirectory.from_config(alembic_config(str(store.engine.url))).get_current_head()
     with store.engine.connect() as conn:
         assert conn.execute(text("select version_num from alembic_version")).scalar() == head
@@ -146,3 +146,32 @@ def test_delete_and_retire_drop_kept_vectors(store: Store) -> None:
     assert store.partition_ids(coll.id, v1.id).tolist() == [ids[1]]
     assert store.retire_model(coll.id, v1.id) == 0
     assert store.partition_ids(coll.id, v1.id).tolist() == [] and store.kept_counts(coll.id) == {}
+
+
+def test_a_transformations_files_live_in_the_database_and_materialise_anywhere(store: Store, tmp_path) -> None:
+    """Replicas share no disk: a process without the bundle directory writes it from the database."""
+    from service.core.bundle_files import bundle_directory, read_bundle_files
+
+    old = store.create_model("tf-old", 4, "cosine", None, None)
+    new = store.create_model("tf-new", 4, "cosine", old.id, None)
+    up = store.create_upgrade(old.id, new.id) or next(u for u in store.list_upgrades() if u.new_model_id == new.id)
+    trained = tmp_path / "trainer" / "transformations" / "u1" / "job1"
+    (trained / "to_old").mkdir(parents=True)
+    (trained / "to_old" / "weights.safetensors").write_bytes(b"\x00\x01weights")
+    (trained / "meta.json").write_text('{"a": 1}')
+    files = read_bundle_files(trained)
+    assert files == {"meta.json": b'{"a": 1}', "to_old/weights.safetensors": b"\x00\x01weights"}
+    record = store.add_transformation(up.id, None, "procrustes", "transformations/u1/job1", True, {}, files=files)
+    assert store.transformation_files(record.id) == files
+
+    replica = tmp_path / "replica"
+    got = bundle_directory(store, replica, record)
+    assert got == replica / record.path and read_bundle_files(got) == files
+    assert not list(got.parent.glob("*.partial")), "written atomically: no staging directory left"
+    assert bundle_directory(store, replica, record) == got  # the second call reads nothing
+
+    bad = store.add_transformation(up.id, None, "procrustes", "transformations/u1/job2", True, {},
+                                   files={"../escape": b"x"})
+    with pytest.raises(ValueError, match="unsafe file name"):
+        bundle_directory(store, tmp_path / "other", bad)
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "other" / "transformations" / "u1" / "job2").exists()

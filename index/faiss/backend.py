@@ -33,7 +33,7 @@ from index.backend import (
 from index.faiss.gpu import Device, GpuReplicator, resolve_device
 from index.faiss.kinds import new_partition, read_snapshot
 from index.faiss.partition import FaissPartition
-from index.faiss.rwlock import ReadWriteLock
+from index.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
 

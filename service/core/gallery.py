@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -59,13 +61,26 @@ class QueryOutcome:
 
 
 class Gallery:
+    """`journal_writes`: the engine is shared by several processes (Milvus), so every write holds the
+    collection's cross-process index-writer lock and is journalled until the engine has it.
+
+    `follow_other_writers`: other processes write this collection too (service replicas over one
+    database and one Milvus), so the hit cache also drops records of items they changed: at most
+    every `follow_seconds` a query compares the collection's change counter with the one it saw
+    last and invalidates the items written since (one primary-key read when nothing changed)."""
+
     def __init__(self, store: Store, catalog: Catalog, backend: IndexBackend, transforms: TransformGraph,
-                 hit_cache_items: int = 0, inline_search_work: int = 0) -> None:
+                 hit_cache_items: int = 0, inline_search_work: int = 0, follow_other_writers: bool = False,
+                 follow_seconds: float = 1.0, journal_writes: bool = False) -> None:
         self.store = store
         self.catalog = catalog
         self.backend = backend
         self.transforms = transforms
         self.hits = HitCache(hit_cache_items)
+        self.follow_other_writers = follow_other_writers and self.hits.enabled
+        self.follow_seconds = follow_seconds
+        self._seen_seq: dict[int, tuple[int, float]] = {}  # collection -> (change counter, checked at)
+        self.journal_writes = journal_writes
         self.ready = threading.Event()
         self._write_locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -113,7 +128,7 @@ class Gallery:
             if key in seen:
                 raise Invalid(f"id {key!r} appears twice in one batch (also at items[{seen[key]}])", f"items[{i}].id")
             seen[key] = i
-        with self.write_lock(collection.id):  # retire() takes this lock too: no write slips past it
+        with self.write_lock(collection.id), self._journaled(collection):  # retire() takes both too
             retired = self.store.retired_models(collection.id)
             if model.id in retired:
                 raise Conflict(f"model {model.name!r} is retired in collection {collection.name!r}", "model")
@@ -139,7 +154,7 @@ class Gallery:
 
     def delete(self, collection: CollectionRecord, key: str) -> None:
         self._require_ready()
-        with self.write_lock(collection.id):
+        with self.write_lock(collection.id), self._journaled(collection):
             removed = self.store.delete_item(collection.id, key)
             if removed is None:
                 raise NotFound(f"no item {key!r} in collection {collection.name!r}", "id")
@@ -152,7 +167,7 @@ class Gallery:
     def retire(self, collection: CollectionRecord, model: ModelRecord) -> None:
         """Refuse while items are current in `model`; else mark it retired and drop its partition, with the
         vectors it kept for items since re-embedded."""
-        with self.write_lock(collection.id):
+        with self.write_lock(collection.id), self._journaled(collection):
             remaining = self.store.retire_model(collection.id, model.id)
             if remaining:
                 raise Conflict(f"{remaining} item(s) of collection {collection.name!r} are still in model "
@@ -162,6 +177,33 @@ class Gallery:
                 self.backend.drop_partition(pkey)
             self.hits.invalidate_collection(collection.id)  # cached records list the retired version
 
+    @contextmanager
+    def _journaled(self, collection: CollectionRecord) -> Iterator[None]:
+        """On a shared engine, hold the collection's cross-process index-writer lock, repair what a
+        dead writer left half-done, and journal this write until the engine has it (store/journal.py).
+
+        The entry is cleared on an ordinary exception too: either nothing was committed, or
+        `_mirror` has already repaired the engine from the store. Only a dying process leaves it.
+        """
+        if not self.journal_writes:
+            yield
+            return
+        with self.store.index_writer(collection.id) as journal:
+            orphans = journal.orphans()
+            if orphans:
+                log.warning("collection %s: %d index write(s) of a process that died; repairing from change %d",
+                            collection.name, len(orphans), min(seq for _, seq in orphans))
+                reconcile_collection(self.store, self.backend, collection, self.model_dims(),
+                                     since=min(seq for _, seq in orphans))
+                journal.clear([entry for entry, _ in orphans])
+            entry = journal.begin_write()
+            try:
+                yield
+            except Exception:
+                journal.clear([entry])
+                raise
+            journal.clear([entry])
+
     def _mirror(self, collection: CollectionRecord, writes: dict[int, PartitionWrite], tag: int) -> None:
         """Apply committed changes to the index; on failure repair the collection from the store."""
         try:
@@ -169,6 +211,25 @@ class Gallery:
         except Exception:
             log.exception("index update failed for collection %s; reconciling from the store", collection.name)
             reconcile_collection(self.store, self.backend, collection, self.model_dims())
+
+    _FOLLOW_LIMIT = 10_000  # more changed items than this since the last look: drop the collection's records
+
+    def _follow(self, collection_id: int) -> None:
+        """Invalidate cached records of items other processes wrote since this process last looked."""
+        now = time.monotonic()
+        seen = self._seen_seq.get(collection_id)
+        if seen is not None and now - seen[1] < self.follow_seconds:
+            return
+        current = self.store.collection_seq(collection_id) or 0
+        if seen is None:
+            self.hits.invalidate_collection(collection_id)  # records cached before we followed
+        elif current != seen[0]:
+            changed = self.store.items_changed_after(collection_id, seen[0], self._FOLLOW_LIMIT)
+            if changed is None:
+                self.hits.invalidate_collection(collection_id)
+            else:
+                self.hits.invalidate(collection_id, changed)
+        self._seen_seq[collection_id] = (current, now)
 
     # ---- reads --------------------------------------------------------------------------------
     def get_item(self, collection: CollectionRecord, key: str) -> ItemRecord:
@@ -253,6 +314,8 @@ class Gallery:
                 result.scores = route.score_map(result.scores)
         found = np.unique(np.concatenate([r.ids.ravel() for r in results.values()]))
         wanted = found[found >= 0].tolist()
+        if self.follow_other_writers:
+            self._follow(collection.id)
         records = self.hits.resolve(collection.id, wanted, lambda ids: self.store.hits_by_id(collection.id, ids))
         reach = {mid: Reach(part.route.quality, part.route.ratios, part.route.holdout_pairs)
                  for mid, part in outcome.searched.items()}

@@ -7,7 +7,9 @@ crash after the last snapshot, a deleted or corrupt snapshot file):
 - ids in the index but no longer in this partition in the database -> removed;
 - ids in the database but not in the index -> added;
 - ids written after the partition's tag (replaced vectors) -> removed and re-added.
-When the snapshot is current this costs one id scan per partition.
+When the snapshot is current this costs one id scan per partition. A durable backend (Milvus)
+whose collection tag equals the store's counter skips even that: every write up to it was
+applied (the tag is written after the data), so a restart reads no ids at all.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ _REPAIR_CHUNK = 20_000
 
 
 def reconcile_collection(
-    store: Store, backend: IndexBackend, collection: CollectionRecord, dims: dict[int, tuple[int, str]]
+    store: Store, backend: IndexBackend, collection: CollectionRecord, dims: dict[int, tuple[int, str]],
+    since: int | None = None,
 ) -> dict[str, int]:
     """Make every partition of `collection` hold exactly the stored vectors; return repair counts.
 
     Callers guarantee no concurrent writes to the collection (start-up, or under its write lock).
-    `dims` maps model id -> (dim, metric) for every registered model.
+    `dims` maps model id -> (dim, metric) for every registered model. `since`: a change counter
+    from which writes may be missing whatever the tag says (a dead writer's journal entry).
     """
     cid = collection.id
     current = store.get_collection(collection.name)
@@ -51,6 +55,10 @@ def reconcile_collection(
             if seen_tag is None:
                 backend.ensure_partition(key, dim, metric, spec)
             restored_tags.append(seen_tag)
+        if since is not None:
+            seen_tag = since if seen_tag is None else min(seen_tag, since)
+        elif backend.durable and seen_tag == current.seq:
+            continue
         want = store.partition_ids(collection.id, model_id)
         have = backend.live_ids(key)
         stale = np.empty(0, dtype=np.int64)
@@ -125,11 +133,21 @@ class SnapshotScheduler:
 
 def load_all(store: Store, backend: IndexBackend, dims: dict[int, tuple[int, str]],
              scheduler: SnapshotScheduler | None = None) -> dict[str, dict[str, int]]:
-    """Load and repair every collection's partitions (start-up)."""
+    """Load and repair every collection's partitions (start-up).
+
+    On a shared engine each collection is repaired under its cross-process index-writer lock, from
+    the oldest write a dead process left in the journal (store/journal.py) if there is one."""
     report = {}
     started = time.perf_counter()
     for collection in store.list_collections():
-        counts = reconcile_collection(store, backend, collection, dims)
+        if backend.durable:
+            with store.index_writer(collection.id) as journal:
+                orphans = journal.orphans()
+                counts = reconcile_collection(store, backend, collection, dims,
+                                              since=min((seq for _, seq in orphans), default=None))
+                journal.clear([entry for entry, _ in orphans])
+        else:
+            counts = reconcile_collection(store, backend, collection, dims)
         report[collection.name] = counts
         if scheduler is not None:
             clean = not (counts["added"] or counts["removed"])

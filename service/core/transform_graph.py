@@ -25,6 +25,7 @@ import numpy as np
 from adapters.bundle import UpgradeBundle
 from adapters.calibration import IDENTITY, ScoreMap
 from adapters.migration import METRICS
+from service.core.bundle_files import bundle_directory
 from service.store import Store, UpgradeRecord
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def _bundle(store: Store, data_dir: Path, up: UpgradeRecord, cache: dict[int, Up
         return cache[tid]
     record = store.get_transformation(tid)
     try:
-        bundle = UpgradeBundle.load(data_dir / record.path)
+        bundle = UpgradeBundle.load(bundle_directory(store, data_dir, record))
     except Exception:
         log.exception("cannot load transformation %s of upgrade %s; its partitions stay unreachable", tid, up.id)
         return None

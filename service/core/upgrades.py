@@ -29,6 +29,7 @@ import numpy as np
 from adapters import create, servable
 from adapters.bundle import HOLDOUT_FRACTION, UpgradeBundle, build_bundle, split_holdout
 from adapters.evaluate import PRIMARY, EvalSet
+from service.core.bundle_files import bundle_directory, read_bundle_files
 from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.jobs import JobContext
@@ -210,7 +211,8 @@ class Upgrades:
         bundle.save(staging)
         staging.rename(self.root / relative)  # complete files appear at once
         record = self.store.add_transformation(upgrade.id, ctx.job.id, ev["selected"],
-                                               str(Path("transformations") / relative), bundle.passes_ecc, ev)
+                                               str(Path("transformations") / relative), bundle.passes_ecc, ev,
+                                               files=read_bundle_files(self.root / relative))
         activated = False
         versus = self._versus_active(self.upgrade(upgrade.id), bundle, pairs, int(p.get("seed", 0))) \
             if trigger == "policy" else None
@@ -236,7 +238,7 @@ class Upgrades:
         if upgrade.active_transformation_id is None:
             return None
         active = self.store.get_transformation(upgrade.active_transformation_id)
-        incumbent = UpgradeBundle.load(self.settings.data_dir / active.path)
+        incumbent = UpgradeBundle.load(bundle_directory(self.store, self.settings.data_dir, active))
         _, hold = split_holdout(len(pairs.old), HOLDOUT_FRACTION, self.settings.max_holdout_pairs, seed)
         test = EvalSet(pairs.old[hold], pairs.new[hold], None if pairs.labels is None else pairs.labels[hold])
         active_score = test.metrics(incumbent.new_to_old(test.new), test.old).as_dict()[PRIMARY]
@@ -264,7 +266,7 @@ class Upgrades:
                 f"(new/old mAP@R {record.evaluation['rows']['new/old']['mAP@R']:.4f} <= old/old "
                 f"{record.evaluation['rows']['old/old']['mAP@R']:.4f}); send force=true to activate it anyway",
                 "force")
-        if not (self.settings.data_dir / record.path).exists():
+        if not bundle_directory(self.store, self.settings.data_dir, record).exists():  # from the database if need be
             raise Conflict(f"the files of transformation {record.id} are missing", "transformation")
         updated = self.store.activate(upgrade.id, record.id)
         self.on_activation()

@@ -19,15 +19,17 @@ from service.store.items import (
     encode_vector,
 )
 from service.store.jobs import TERMINAL, JobRecord, JobStore
+from service.store.journal import Journal, JournalStore
 from service.store.upgrades import PairSet, TransformationRecord, UpgradeRecord, UpgradeStore
 
 
-class Store(ItemStore, UpgradeStore, JobStore):
+class Store(ItemStore, UpgradeStore, JobStore, JournalStore):
     """All persistent state of the service (SQLite or PostgreSQL through SQLAlchemy)."""
 
 
 __all__ = [
-    "TERMINAL", "AlreadyExists", "CollectionRecord", "HitRecord", "ItemRecord", "JobRecord", "ModelRecord",
+    "TERMINAL", "AlreadyExists", "CollectionRecord", "HitRecord", "ItemRecord", "JobRecord", "Journal",
+    "ModelRecord",
     "PairSet", "Store", "TransformationRecord", "UpgradeRecord", "UpsertOutcome", "decode_vectors",
     "encode_vector",
 ]

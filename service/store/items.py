@@ -173,6 +173,18 @@ class ItemStore:
             row = s.scalar(select(Collection).where(Collection.name == name))
             return _collection(row) if row else None
 
+    def collection_seq(self, collection_id: int) -> int | None:
+        """The collection's change counter (None: no such collection): one primary-key read."""
+        with self._sessions() as s:
+            return s.scalar(select(Collection.seq).where(Collection.id == collection_id))
+
+    def items_changed_after(self, collection_id: int, seq: int, limit: int) -> list[int] | None:
+        """Row ids of the items written after change `seq`; None when more than `limit` were."""
+        query = (select(Item.id).where(Item.collection_id == collection_id, Item.seq > seq).limit(limit + 1))
+        with self._sessions() as s:
+            ids = list(s.scalars(query))
+        return None if len(ids) > limit else ids
+
     def list_collections(self) -> list[CollectionRecord]:
         with self._sessions() as s:
             return [_collection(r) for r in s.scalars(select(Collection).order_by(Collection.id))]

@@ -182,6 +182,35 @@ class Transformation(Base):
     activated_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
+class IndexJournal(Base):
+    """An index write in progress on a shared engine (Milvus): inserted before the database commit,
+    deleted once the engine has the write. A row whose writer is gone (it can be seen only by
+    someone holding the collection's index-writer lock, which its writer held) marks a write that
+    may be in the database but not in the engine; whoever finds it repairs the collection from
+    `seq_before` on (service/core/index_sync.py)."""
+
+    __tablename__ = "index_journal"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), nullable=False,
+                                               index=True)
+    seq_before: Mapped[int] = mapped_column(BigInteger, nullable=False)  # the collection's counter before it
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
+
+
+class TransformationFile(Base):
+    """One file of a transformation's bundle (safetensors weights, JSON metadata), stored with it so
+    that every service replica can serve it without a shared disk: each writes the bundle under
+    its own DATA_DIR the first time it needs it (service/core/bundle_files.py)."""
+
+    __tablename__ = "transformation_files"
+
+    transformation_id: Mapped[int] = mapped_column(ForeignKey("transformations.id", ondelete="CASCADE"),
+                                                   primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # path inside the bundle directory
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
 class Job(Base):
     """A durable unit of long work (training, ...), claimed and run by a worker.
 

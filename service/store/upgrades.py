@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,7 +10,15 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 
 from service.store.items import _chunks, decode_vectors, encode_vector
-from service.store.tables import Item, ItemHistory, Transformation, Upgrade, UpgradePair, utcnow
+from service.store.tables import (
+    Item,
+    ItemHistory,
+    Transformation,
+    TransformationFile,
+    Upgrade,
+    UpgradePair,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -226,14 +234,25 @@ class UpgradeStore:
 
     # ---- transformations ----------------------------------------------------------------------
     def add_transformation(
-        self, upgrade_id: int, job_id: int | None, method: str, path: str, passes_ecc: bool, evaluation: dict
+        self, upgrade_id: int, job_id: int | None, method: str, path: str, passes_ecc: bool, evaluation: dict,
+        files: Mapping[str, bytes] | None = None,
     ) -> TransformationRecord:
+        """The transformation row and its bundle's files, in one transaction."""
         with self._sessions.begin() as s:
             row = Transformation(upgrade_id=upgrade_id, job_id=job_id, method=method, path=path,
                                  passes_ecc=passes_ecc, evaluation=evaluation)
             s.add(row)
             s.flush()
+            for name, content in (files or {}).items():
+                s.add(TransformationFile(transformation_id=row.id, name=name, content=content))
             return _transformation(row)
+
+    def transformation_files(self, transformation_id: int) -> dict[str, bytes]:
+        """The bundle's files by path inside its directory ({} for one trained before they were stored)."""
+        query = select(TransformationFile.name, TransformationFile.content).where(
+            TransformationFile.transformation_id == transformation_id)
+        with self._sessions() as s:
+            return {name: bytes(content) for name, content in s.execute(query)}
 
     def get_transformation(self, transformation_id: int) -> TransformationRecord | None:
         with self._sessions() as s:

@@ -1,7 +1,8 @@
 """A writer-preferring readers/writer lock.
 
-FAISS indexes are safe to search from many threads at once but not while they are being mutated,
-so each collection gets one of these: searches share it, writes take it exclusively. Writer
+Every backend gives each collection one of these: searches share it, writes take it exclusively,
+so a search in this process never sees a batch half-applied (FAISS indexes are also unsafe to
+search while being mutated; Milvus needs it for the cross-collection order of a move). Writer
 preference stops a steady stream of queries from starving ingest.
 """
 

@@ -1,0 +1,98 @@
+"""Index backends for the conformance suite: each kind made fresh, and made again over the same
+durable state (a restart). Milvus runs as embedded Milvus Lite under the test's tmp_path."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from index import IndexBackend, create_backend
+
+BACKENDS = ["faiss", "milvus"]
+
+
+def milvus_unavailable() -> str | None:
+    try:
+        import milvus_lite  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError as exc:
+        return f"Milvus Lite cannot start here: {exc}"
+    return None
+
+
+class BackendFactory:
+    """Builds backends of one kind over one durable location, closing each on `reopen`/teardown."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind = kind
+        self.root = root
+        self.prefix = f"t{uuid.uuid4().hex[:8]}_"
+        self.opened: list[IndexBackend] = []
+
+    def open(self) -> IndexBackend:
+        if self.kind == "faiss":
+            backend = create_backend("faiss", directory=self.root / "faiss", device="cpu", threads=1)
+        else:
+            reason = milvus_unavailable()
+            if reason:
+                pytest.skip(reason)
+            backend = create_backend("milvus", uri=str(self.root / "milvus.db"), prefix=self.prefix,
+                                     refresh_seconds=0.0)
+        self.opened.append(backend)
+        return backend
+
+    def reopen(self, backend: IndexBackend) -> IndexBackend:
+        """What a restarted service sees: the same durable state, a new backend object."""
+        backend.close()
+        return self.open()
+
+    def close_all(self) -> None:
+        for backend in self.opened:
+            backend.close()
+
+
+class MilvusServer:
+    """`milvus-lite server`: the Milvus protocol on a loopback port, in its own process, as the
+    multi-replica tests need (embedded Milvus Lite allows one process per data file)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        reason = milvus_unavailable()
+        if reason:
+            pytest.skip(reason)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        exe = Path(sys.executable).with_name("milvus-lite")
+        self.proc = subprocess.Popen([str(exe), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1",
+                                      "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.uri = f"http://127.0.0.1:{port}"
+        from pymilvus import MilvusClient
+
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                pytest.skip(f"milvus-lite server could not start: {self.proc.stderr.read().decode()[-500:]}")
+            try:
+                client = MilvusClient(uri=self.uri, dedicated=True, timeout=2)
+                client.list_collections()
+                client.close()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.skip("milvus-lite server did not answer within 60 s")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()

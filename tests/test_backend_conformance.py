@@ -1,0 +1,171 @@
+"""One conformance suite for every index backend (FAISS embedded, Milvus via Milvus Lite).
+
+Everything the service relies on through `IndexBackend` is checked here against each backend the
+same way: ranking against exact search, removal and replacement, padding, validation before any
+change, tags and restarts, atomic moves for searchers, partition bookkeeping.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from index import IndexBackend, IndexSpec, PartitionKey, PartitionWrite
+from tests.backends import BACKENDS, BackendFactory
+from tests.test_index import clustered, exact_top
+
+SPECS = [IndexSpec(kind="flat"), IndexSpec(kind="hnsw")]
+
+
+@pytest.fixture(params=BACKENDS)
+def factory(request: pytest.FixtureRequest, tmp_path) -> Iterator[BackendFactory]:
+    made = BackendFactory(request.param, tmp_path)
+    yield made
+    made.close_all()
+
+
+@pytest.fixture
+def backend(factory: BackendFactory) -> IndexBackend:
+    return factory.open()
+
+
+def _add(backend: IndexBackend, key: PartitionKey, ids, vectors, tag: int | None = None) -> None:
+    backend.apply(key.collection, {key.model: PartitionWrite(add_ids=np.asarray(ids, np.int64), add_vectors=vectors)},
+                  tag)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_search_matches_exact_search(backend: IndexBackend, spec: IndexSpec, metric: str) -> None:
+    x = clustered(800, 16)
+    ids = np.arange(5000, 5800, dtype=np.int64)
+    key = PartitionKey(1, 1)
+    backend.ensure_partition(key, 16, metric, spec)
+    _add(backend, key, ids, x)
+    q = clustered(20, 16, seed=1)
+    got = backend.search(1, {1: q}, 10)[1]
+    want = exact_top(x, ids, q, 10, metric)
+    recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got.ids, want, strict=True)])
+    assert recall >= (1.0 if spec.kind == "flat" else 0.9)
+    assert np.all(np.diff(got.scores, axis=1) <= 1e-5), "scores must be best first"
+    top = got.ids[:, 0] - 5000
+    if metric == "l2":  # higher-is-better: the negated squared distance
+        expected = -((q - x[top]) ** 2).sum(1)
+    elif metric == "ip":
+        expected = (q * x[top]).sum(1)
+    else:
+        expected = (q * x[top]).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(x[top], axis=1)
+    np.testing.assert_allclose(got.scores[:, 0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_remove_replace_and_reuse_an_id(backend: IndexBackend) -> None:
+    x = clustered(300, 8)
+    key = PartitionKey(2, 7)
+    backend.ensure_partition(key, 8, "cosine", IndexSpec())
+    _add(backend, key, np.arange(300), x)
+    backend.apply(2, {7: PartitionWrite(remove=np.arange(0, 300, 2))})
+    assert backend.count(key) == 150
+    assert backend.live_ids(key).tolist() == list(range(1, 300, 2))
+    hits = backend.search(2, {7: x[:20]}, 5)[7].ids
+    assert not np.isin(hits, np.arange(0, 300, 2)).any(), "a removed id came back"
+    # replace: remove and add the same id in one write -> one vector, the new one
+    backend.apply(2, {7: PartitionWrite(remove=np.array([1]), add_ids=np.array([1]), add_vectors=x[100:101])})
+    assert backend.count(key) == 150
+    hit = backend.search(2, {7: x[100:101]}, 1)[7]  # id 100 itself was removed (even): id 1 holds x[100] now
+    assert hit.ids[0, 0] == 1 and hit.scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    _add(backend, key, [0], x[:1])  # a removed id can be used again
+    assert backend.count(key) == 151 and backend.search(2, {7: x[:1]}, 1)[7].ids[0, 0] == 0
+
+
+def test_short_and_empty_partitions_pad_results(backend: IndexBackend) -> None:
+    x = clustered(3, 4)
+    full, empty = PartitionKey(3, 1), PartitionKey(3, 2)
+    for key in (full, empty):
+        backend.ensure_partition(key, 4, "cosine", IndexSpec())
+    _add(backend, full, [10, 11, 12], x)
+    res = backend.search(3, {1: x[:2], 2: x[:2]}, 5)
+    assert res[1].ids.shape == (2, 5) and (res[1].ids[:, 3:] == -1).all() and np.isneginf(res[1].scores[:, 3:]).all()
+    assert set(res[1].ids[0, :3].tolist()) == {10, 11, 12}
+    assert (res[2].ids == -1).all() and np.isneginf(res[2].scores).all()
+
+
+def test_bad_writes_change_nothing(backend: IndexBackend) -> None:
+    x = clustered(10, 4)
+    a, b = PartitionKey(4, 1), PartitionKey(4, 2)
+    backend.ensure_partition(a, 4, "cosine", IndexSpec())
+    _add(backend, a, np.arange(10), x, tag=3)
+    with pytest.raises(ValueError):  # wrong dimension
+        backend.apply(4, {1: PartitionWrite(add_ids=np.array([20]), add_vectors=np.ones((1, 5), np.float32))}, 4)
+    with pytest.raises(KeyError):  # one partition of the batch does not exist: nothing is applied
+        backend.apply(4, {1: PartitionWrite(remove=np.arange(5)), b.model: PartitionWrite(remove=np.arange(5))}, 5)
+    with pytest.raises(ValueError):
+        backend.search(4, {1: np.ones((1, 3), np.float32)}, 3)
+    assert backend.count(a) == 10 and backend.tag(4) == 3
+    assert not backend.has_partition(b)
+
+
+def test_partition_bookkeeping(backend: IndexBackend) -> None:
+    for key in (PartitionKey(5, 1), PartitionKey(5, 2), PartitionKey(6, 1)):
+        backend.ensure_partition(key, 4, "ip", IndexSpec())
+    backend.ensure_partition(PartitionKey(5, 1), 4, "ip", IndexSpec())  # idempotent
+    with pytest.raises(ValueError):
+        backend.ensure_partition(PartitionKey(5, 1), 8, "ip", IndexSpec())
+    assert sorted(k.model for k in backend.partitions(5)) == [1, 2]
+    assert {k.collection for k in backend.partitions()} >= {5, 6}
+    backend.drop_partition(PartitionKey(5, 2))
+    assert not backend.has_partition(PartitionKey(5, 2))
+    assert [k.model for k in backend.partitions(5)] == [1]
+    assert backend.tag(5) == 0
+
+
+def test_state_survives_a_restart(factory: BackendFactory) -> None:
+    backend = factory.open()
+    x = clustered(50, 8)
+    key = PartitionKey(7, 3)
+    spec = IndexSpec(kind="hnsw")
+    backend.ensure_partition(key, 8, "cosine", spec)
+    _add(backend, key, np.arange(50), x, tag=41)
+    backend.apply(7, {3: PartitionWrite(remove=np.arange(5))}, tag=42)
+    backend.persist(key)  # FAISS: the snapshot; Milvus: nothing left to do
+    fresh = factory.reopen(backend)
+    assert fresh.restore(key, 8, "cosine", spec) == 42
+    assert fresh.count(key) == 45 and fresh.live_ids(key).tolist() == list(range(5, 50))
+    assert fresh.search(7, {3: x[10:11]}, 1)[3].ids[0, 0] == 10
+    again = factory.reopen(fresh)
+    assert again.restore(key, 16, "cosine", spec) is None, "a partition made with another dimension is unusable"
+
+
+def test_a_move_between_partitions_is_atomic_for_searchers(backend: IndexBackend) -> None:
+    """Moving ids between partitions under concurrent searches: never in both, never in neither."""
+    dim, n = 8, 60
+    x = clustered(n, dim)
+    for model in (1, 2):
+        backend.ensure_partition(PartitionKey(8, model), dim, "cosine", IndexSpec())
+    _add(backend, PartitionKey(8, 1), np.arange(n), x)
+    stop = threading.Event()
+    errors: list[str] = []
+    searches = [0]
+
+    def searcher() -> None:
+        while not stop.is_set():
+            res = backend.search(8, {1: x[:1], 2: x[:1]}, n)
+            found = np.concatenate([res[1].ids[0], res[2].ids[0]])
+            found = found[found >= 0]
+            searches[0] += 1
+            if len(found) != n or len(set(found.tolist())) != n:
+                errors.append(f"saw {len(found)} hits, {len(set(found.tolist()))} distinct")
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        for step in range(6):
+            moved = np.arange(step * 10, step * 10 + 10)
+            backend.apply(8, {1: PartitionWrite(remove=moved), 2: PartitionWrite(add_ids=moved, add_vectors=x[moved])})
+    finally:
+        stop.set()
+        thread.join()
+    assert searches[0] > 0 and not errors, errors[:3]
+    assert backend.count(PartitionKey(8, 1)) == 0 and backend.count(PartitionKey(8, 2)) == n
