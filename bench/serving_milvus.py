@@ -7,7 +7,8 @@ One `milvus-lite server` (the local Milvus protocol server, a separate process) 
 contestants: raw `pymilvus.MilvusClient` (dedicated connection) in a collection of its own, and a
 `nobackfill serve` process with NOBACKFILL_INDEX_BACKEND=milvus pointed at it. A third process is
 nobackfill on its embedded FAISS default. The same vectors (bench.serving's gallery), the same
-index parameters, k = 10, cosine. Per system: ingest vectors/s until searchable, single-query
+index parameters, k = 10, cosine. Per system: ingest vectors/s until searchable through the index
+(raw: insert then flush; the service: upserts, then until its background flush has sealed them), single-query
 p50/p99 over one keep-alive connection, QPS with 4 concurrent clients, recall@10 against exact
 search, and for nobackfill-on-Milvus the restart time to /readyz (no rebuild from the database).
 Query timings are interleaved in rounds (raw, nobackfill-milvus, nobackfill-faiss, repeated) so
@@ -29,7 +30,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import LeanClient, Service, b64, free_port
+from bench.common import LeanClient, Service, b64, free_port, wait_for_index
+from index.milvus.backend import GRPC_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -47,7 +49,7 @@ def start_milvus_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            MilvusClient(uri=uri, dedicated=True, timeout=2).list_collections()
+            MilvusClient(uri=uri, dedicated=True, timeout=2, grpc_options=GRPC_OPTIONS).list_collections()
             return proc, uri
         except Exception:
             time.sleep(0.3)
@@ -71,7 +73,7 @@ class RawMilvus:
         from pymilvus import DataType, MilvusClient
 
         self.uri, self.ef = uri, ef
-        self.client = MilvusClient(uri=uri, dedicated=True)
+        self.client = MilvusClient(uri=uri, dedicated=True, grpc_options=GRPC_OPTIONS)
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
@@ -84,11 +86,12 @@ class RawMilvus:
         for start in range(0, len(x), batch):
             rows = [{"id": start + i, "vector": v} for i, v in enumerate(x[start:start + batch])]
             self.client.insert("raw_bench", rows)
+        self.client.flush("raw_bench")  # sealed and indexed: Milvus Lite brute-forces unflushed rows
 
     def searcher(self):
         from pymilvus import MilvusClient
 
-        client = MilvusClient(uri=self.uri, dedicated=True)
+        client = MilvusClient(uri=self.uri, dedicated=True, grpc_options=GRPC_OPTIONS)
 
         def search(q: np.ndarray) -> list[int]:
             hits = client.search("raw_bench", data=[q], limit=10, search_params={"params": {"ef": self.ef}},
@@ -115,6 +118,7 @@ class Nobackfill:
             for start in range(0, len(x), batch):
                 items = [{"id": str(start + i), "vector_b64": b64(v)} for i, v in enumerate(x[start:start + batch])]
                 c.post("/v1/collections/bench/items", json={"model": "bench-model", "items": items}).raise_for_status()
+            wait_for_index(c, "bench")  # the service flushes written partitions in the background
 
     def searcher(self):
         client = LeanClient(self.service.url)

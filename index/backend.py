@@ -156,6 +156,12 @@ class IndexBackend(ABC):
     def count(self, key: PartitionKey) -> int:
         """Number of live vectors in the partition."""
 
+    def sizes(self, collection: int) -> dict[int, int]:
+        """Live vectors per model id of the collection's partitions, for the query path (merge
+        anchors, skipped partitions). A backend may answer from a cache that lags other processes'
+        writes by a bound it documents; the default asks `count` for each partition."""
+        return {key.model: self.count(key) for key in self.partitions(collection)}
+
     def state(self, key: PartitionKey) -> PartitionState:
         """The partition's index structure and whether it is being rebuilt (default: unknown)."""
         return PartitionState(self.count(key), "unknown")

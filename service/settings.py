@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         "nobackfill_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
         description="Prefix of every Milvus collection this deployment creates (deployments can share one Milvus).",
     )
+    milvus_flush_seconds: float = Field(
+        2.0, ge=0, description="Flush (seal) Milvus partitions written to within this interval, so searches "
+        "use their index (Milvus Lite searches unflushed rows by brute force); 0 = leave sealing to Milvus.",
+    )
     milvus_refresh_seconds: float = Field(
         1.0, ge=0, description="How long partition counts and lists read from Milvus are reused before asking "
         "again: the bound on how soon this process sees partitions another replica created or filled.",
@@ -110,7 +114,8 @@ class Settings(BaseSettings):
         if self.index_backend == "milvus":
             return {"uri": self.milvus_uri or str((self.data_dir / "milvus.db").resolve()),
                     "token": self.milvus_token.get_secret_value() if self.milvus_token else None,
-                    "prefix": self.milvus_prefix, "refresh_seconds": self.milvus_refresh_seconds}
+                    "prefix": self.milvus_prefix, "refresh_seconds": self.milvus_refresh_seconds,
+                    "flush_seconds": self.milvus_flush_seconds}
         return {"directory": self.index_dir, "device": self.device, "threads": self.faiss_threads}
 
 

@@ -75,12 +75,14 @@ class MilvusServer:
         self.uri = f"http://127.0.0.1:{port}"
         from pymilvus import MilvusClient
 
+        from index.milvus.backend import GRPC_OPTIONS
+
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
                 pytest.skip(f"milvus-lite server could not start: {self.proc.stderr.read().decode()[-500:]}")
             try:
-                client = MilvusClient(uri=self.uri, dedicated=True, timeout=2)
+                client = MilvusClient(uri=self.uri, dedicated=True, timeout=2, grpc_options=GRPC_OPTIONS)
                 client.list_collections()
                 client.close()
                 return

@@ -154,7 +154,8 @@ def backend_settings(backend: str) -> dict:
     reason = milvus_unavailable()
     if reason:
         pytest.skip(reason)
-    return {"index_backend": "milvus", "milvus_prefix": f"t{uuid.uuid4().hex[:8]}_", "milvus_refresh_seconds": 0.0}
+    return {"index_backend": "milvus", "milvus_prefix": f"t{uuid.uuid4().hex[:8]}_", "milvus_refresh_seconds": 0.0,
+            "milvus_flush_seconds": 0.5}
 
 
 @pytest.fixture(scope="module", params=LIVE_SETUPS, ids=lambda s: f"{s[0]}-{s[1]}")

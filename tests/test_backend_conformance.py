@@ -169,3 +169,22 @@ def test_a_move_between_partitions_is_atomic_for_searchers(backend: IndexBackend
         thread.join()
     assert searches[0] > 0 and not errors, errors[:3]
     assert backend.count(PartitionKey(8, 1)) == 0 and backend.count(PartitionKey(8, 2)) == n
+
+
+def test_a_written_partition_settles(factory: BackendFactory) -> None:
+    """After writes stop, a partition stops `rebuilding` soon (FAISS: at once for flat; Milvus:
+    once the background flush has sealed the written rows, so searches use the index)."""
+    import time
+
+    backend = factory.open()
+    if hasattr(backend, "flush_seconds"):
+        backend.flush_seconds = 0.2  # the loop reads it each round; the first wait is the 2 s default at most
+    key = PartitionKey(9, 1)
+    backend.ensure_partition(key, 8, "cosine", IndexSpec(kind="hnsw"))
+    _add(backend, key, np.arange(200), clustered(200, 8))
+    deadline = time.monotonic() + 15
+    while backend.state(key).rebuilding:
+        assert time.monotonic() < deadline, "the partition never settled"
+        time.sleep(0.05)
+    state = backend.state(key)
+    assert state.vectors == 200 and state.structure == "hnsw"

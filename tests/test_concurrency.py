@@ -49,7 +49,8 @@ def test_queries_during_writes_have_no_errors(client, live, kind) -> None:
                 for res in r.json()["results"]:
                     ids = [h["id"] for h in res["hits"]]
                     if len(ids) != len(set(ids)) or len(ids) != 20:
-                        errors.append(f"bad result: {len(ids)} hits, {len(set(ids))} distinct")
+                        errors.append(f"bad result: {len(ids)} hits, {len(set(ids))} distinct; "
+                                      f"searched {r.json()['searched']}, skipped {r.json()['skipped']}")
                 counts["queries"] += 1
 
     threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(2)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,33 @@ def test_two_replicas_serve_each_others_writes_and_the_workers_transformation(to
     assert after[0] != before and all(len(row) == len(set(row)) == 10 for row in after)
     assert {m for row in after for _, m in row} == {v1, v2}, "the re-embedded items are served from v2"
     moved_seen = until(lambda: served(a) == after, "a re-embedding")
+
+    # moves through B (old vectors dropped) while A queries: A never misses an item, never repeats one
+    live = len(IDS) - 1  # one was deleted
+    stop = threading.Event()
+    problems: list[str] = []
+    answers = [0]
+
+    def query_a() -> None:
+        with httpx.Client(base_url=topology["a"].url, timeout=60) as qa:
+            while not stop.is_set():
+                hits = query(qa, coll, v2, NEW[:1], live).json()["results"][0]["hits"]
+                ids = [h["id"] for h in hits]
+                answers[0] += 1
+                if len(ids) != live or len(set(ids)) != live:
+                    problems.append(f"{len(ids)} hits, {len(set(ids))} distinct")
+
+    reader = threading.Thread(target=query_a)
+    reader.start()
+    try:
+        for start in range(160, 400, 40):
+            batch = list(range(start, start + 40))
+            r = upsert(b, coll, v2, [IDS[i] for i in batch], NEW[batch], compact=True, previous_vectors="drop")
+            assert r.status_code == 200, r.text
+    finally:
+        stop.set()
+        reader.join()
+    assert answers[0] > 0 and not problems, problems[:3]
 
     # rollback (deactivate) through A reaches B: v2 queries no longer reach v1's partition
     assert a.post(f"/v1/upgrades/{uid}/deactivate").status_code == 200

@@ -13,11 +13,12 @@ from index.milvus.backend import MilvusBackend
 
 
 def build(uri: str, token: str | None = None, prefix: str = "nobackfill_", refresh_seconds: float = 1.0,
-          **options: Any) -> MilvusBackend:
+          flush_seconds: float = 2.0, **options: Any) -> MilvusBackend:
     """The backend `index.create_backend("milvus", ...)` returns."""
     if options:
         raise ValueError(f"milvus backend: unknown options {sorted(options)}")
-    return MilvusBackend(uri, token=token, prefix=prefix, refresh_seconds=refresh_seconds)
+    return MilvusBackend(uri, token=token, prefix=prefix, refresh_seconds=refresh_seconds,
+                         flush_seconds=flush_seconds)
 
 
 __all__ = ["MilvusBackend", "build"]

@@ -26,7 +26,7 @@ from service.core.hit_cache import HitCache
 from service.core.index_sync import reconcile_collection
 from service.core.merge import PartitionHits, Reach, merge_row
 from service.core.transform_graph import Route, TransformGraph
-from service.store import CollectionRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
+from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,17 @@ class Gallery:
                 self.hits.invalidate(collection_id, changed)
         self._seen_seq[collection_id] = (current, now)
 
+    def _refresh_contradicted(self, collection_id: int, results: dict, records: dict[int, HitRecord]) -> None:
+        """Re-read records the engine contradicts: a hit from a partition its cached record does
+        not list means another process moved the item since the record was cached. Without this,
+        an item another replica just moved (dropping its old vector) would be missed until the
+        next follow: its only hit would be dropped as coming from the wrong partition."""
+        stale = {int(i) for mid, r in results.items() for i in r.ids.ravel()
+                 if i >= 0 and (rec := records.get(int(i))) is not None and mid not in rec.models}
+        if stale:
+            self.hits.invalidate(collection_id, stale)
+            records.update(self.store.hits_by_id(collection_id, sorted(stale)))
+
     # ---- reads --------------------------------------------------------------------------------
     def get_item(self, collection: CollectionRecord, key: str) -> ItemRecord:
         item = self.store.get_item(collection.id, key, lambda mid: self.catalog.model_by_id(mid).dim)
@@ -239,13 +250,8 @@ class Gallery:
         return item
 
     def partition_sizes(self, collection: CollectionRecord) -> dict[int, int]:
-        """Live vectors per model id, as the index currently holds them."""
-        sizes = {}
-        for pkey in self.backend.partitions(collection.id):
-            n = self.backend.count(pkey)
-            if n:
-                sizes[pkey.model] = n
-        return sizes
+        """Live vectors per model id, as the index currently holds them (empty partitions left out)."""
+        return {model: n for model, n in self.backend.sizes(collection.id).items() if n}
 
     def partition_states(self, collection: CollectionRecord) -> dict[int, PartitionState]:
         """Per model id: the index structure searched now and whether a rebuild is running."""
@@ -317,6 +323,8 @@ class Gallery:
         if self.follow_other_writers:
             self._follow(collection.id)
         records = self.hits.resolve(collection.id, wanted, lambda ids: self.store.hits_by_id(collection.id, ids))
+        if self.follow_other_writers:
+            self._refresh_contradicted(collection.id, results, records)
         reach = {mid: Reach(part.route.quality, part.route.ratios, part.route.holdout_pairs)
                  for mid, part in outcome.searched.items()}
         searched_sizes = {mid: part.items for mid, part in outcome.searched.items()}
