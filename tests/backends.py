@@ -59,20 +59,26 @@ class MilvusServer:
 
     def __init__(self, data_dir: Path) -> None:
         import socket
-        import subprocess
-        import sys
-        import time
 
         reason = milvus_unavailable()
         if reason:
             pytest.skip(reason)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            self.port = s.getsockname()[1]
+        self.data_dir = data_dir
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.start(first=True)
+
+    def start(self, first: bool = False) -> None:
+        """Start (or, after `kill`, restart on the same port and data) and wait until it answers."""
+        import subprocess
+        import sys
+        import time
+
         exe = Path(sys.executable).with_name("milvus-lite")
-        self.proc = subprocess.Popen([str(exe), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1",
-                                      "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.uri = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([str(exe), "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
+                                      "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         from pymilvus import MilvusClient
 
         from index.milvus.backend import GRPC_OPTIONS
@@ -80,7 +86,8 @@ class MilvusServer:
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
-                pytest.skip(f"milvus-lite server could not start: {self.proc.stderr.read().decode()[-500:]}")
+                why = f"milvus-lite server could not start: {self.proc.stderr.read().decode()[-500:]}"
+                pytest.skip(why) if first else pytest.fail(why)
             try:
                 client = MilvusClient(uri=self.uri, dedicated=True, timeout=2, grpc_options=GRPC_OPTIONS)
                 client.list_collections()
@@ -89,8 +96,14 @@ class MilvusServer:
             except Exception:
                 if time.monotonic() > deadline:
                     self.stop()
-                    pytest.skip("milvus-lite server did not answer within 60 s")
+                    why = "milvus-lite server did not answer within 60 s"
+                    pytest.skip(why) if first else pytest.fail(why)
                 time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, as a crash."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
 
     def stop(self) -> None:
         self.proc.terminate()

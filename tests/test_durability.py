@@ -39,6 +39,7 @@ class ServerProcess:
             "NOBACKFILL_DATA_DIR": str(data_dir),
             "NOBACKFILL_DATABASE_URL": database_url,
             "NOBACKFILL_LOG_LEVEL": "warning",
+            "PYTHONFAULTHANDLER": "1",  # SIGABRT dumps every thread's stack (see start)
             **env,
         }
         self.proc: subprocess.Popen | None = None
@@ -51,8 +52,11 @@ class ServerProcess:
         try:
             wait_ready(self.url, timeout=60)
         except TimeoutError:
-            self.kill()
-            raise AssertionError(self.proc.stderr.read().decode()[-3000:]) from None
+            if self.proc.poll() is None:  # hung, not crashed: make it say where
+                self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=30)
+            raise AssertionError("server not ready within 60 s:\n" + self.proc.stderr.read().decode()[-6000:]) \
+                from None
         return self
 
     def stop(self) -> None:

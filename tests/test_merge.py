@@ -105,3 +105,14 @@ def test_a_slot_with_no_native_candidate_left_is_dropped_not_duplicated() -> Non
     parts = {OLD: part(OLD, [5, 1, 3], [0.9, 0.8, 0.7]), NEW: part(NEW, [3], [0.5])}
     hits = merge_row(NEW, parts, reach({OLD: 0.9, NEW: 1.0}), {OLD: 3, NEW: 2}, recs, k=3)
     assert [h.item_id for h in hits] == [3, 1]
+
+
+def test_an_item_mid_move_is_served_from_the_index_that_holds_it() -> None:
+    """Another process committed item 3's move to NEW (old vector dropped) and has not written it
+    to NEW's index yet: NEW answered with everything it holds, without item 3, so item 3 is served
+    from the OLD vector the index still has instead of vanishing for that instant."""
+    recs = records({1: {OLD}, 3: {NEW}, 5: {OLD, NEW}})
+    parts = {OLD: part(OLD, [3, 1, 5], [0.9, 0.8, 0.7]), NEW: part(NEW, [5], [0.5])}
+    hits = merge_row(NEW, parts, reach({OLD: 0.9, NEW: 1.0}), {OLD: 3, NEW: 1}, recs, k=5)
+    assert sorted(h.item_id for h in hits) == [1, 3, 5]
+    assert {h.item_id: h.model_id for h in hits}[3] == OLD

@@ -107,12 +107,14 @@ class MilvusBackend(IndexBackend):
     durable = True
 
     def __init__(self, uri: str, token: str | None = None, prefix: str = "nobackfill_",
-                 refresh_seconds: float = 1.0, flush_seconds: float = 2.0, timeout: float = 60.0) -> None:
+                 refresh_seconds: float = 1.0, flush_seconds: float = 2.0, timeout: float = 10.0) -> None:
         self.uri = uri
         self.prefix = check_prefix(prefix)
         self.refresh_seconds = refresh_seconds
         self.flush_seconds = flush_seconds
         # A dedicated channel with our keepalive options (GRPC_OPTIONS), not pymilvus' shared one.
+        # `timeout` bounds each call: a writer holds its collection's cross-process lock while it
+        # waits, so a Milvus outage must fail writes (503, journalled) rather than stall every replica.
         self._client = MilvusClient(uri=uri, token=token or "", timeout=timeout, dedicated=True,
                                     grpc_options=GRPC_OPTIONS)
         self._configs: dict[PartitionKey, PartitionConfig] = {}

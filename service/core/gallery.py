@@ -60,6 +60,10 @@ class QueryOutcome:
     skipped: dict[int, int] = field(default_factory=dict)  # model id -> items (no route)
 
 
+class IndexBehind(Unavailable):
+    """A committed write the index could not take, nor be repaired for (the engine is down)."""
+
+
 class Gallery:
     """`journal_writes`: the engine is shared by several processes (Milvus), so every write holds the
     collection's cross-process index-writer lock and is journalled until the engine has it.
@@ -199,18 +203,30 @@ class Gallery:
             entry = journal.begin_write()
             try:
                 yield
+            except IndexBehind:
+                raise  # committed, not in the engine: the entry stays for whoever repairs it
             except Exception:
                 journal.clear([entry])
                 raise
             journal.clear([entry])
 
     def _mirror(self, collection: CollectionRecord, writes: dict[int, PartitionWrite], tag: int) -> None:
-        """Apply committed changes to the index; on failure repair the collection from the store."""
+        """Apply committed changes to the index; on failure repair the collection from the store.
+
+        If the repair fails too (the engine is down), the write is committed but not searchable:
+        the client gets a 503 (not an acknowledgement: a retry rewrites the same items), and on a
+        shared engine the journal entry stays, so the next writer or a start-up repairs it."""
         try:
             self.backend.apply(collection.id, writes, tag)
         except Exception:
             log.exception("index update failed for collection %s; reconciling from the store", collection.name)
-            reconcile_collection(self.store, self.backend, collection, self.model_dims())
+            try:
+                reconcile_collection(self.store, self.backend, collection, self.model_dims())
+            except Exception as exc:
+                log.exception("repair of collection %s failed; it is repaired by the next write or restart",
+                              collection.name)
+                raise IndexBehind(f"the index of collection {collection.name!r} is unavailable; the write was "
+                                  "stored but is not searchable yet: retry it") from exc
 
     _FOLLOW_LIMIT = 10_000  # more changed items than this since the last look: drop the collection's records
 
@@ -313,7 +329,13 @@ class Gallery:
         per_partition = {
             mid: (part.route.apply(queries) if part.route.edges else queries) for mid, part in outcome.searched.items()
         }
-        results = self.backend.search(collection.id, per_partition, k)
+        try:
+            results = self.backend.search(collection.id, per_partition, k)
+        except (ValueError, KeyError):
+            raise
+        except Exception as exc:  # the engine is down or unreachable (Milvus): retryable, not a bug
+            raise Unavailable(f"the index of collection {collection.name!r} is unavailable: {type(exc).__name__}") \
+                from exc
         for mid, result in results.items():
             route = outcome.searched[mid].route
             if route.edges:

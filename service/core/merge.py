@@ -110,11 +110,27 @@ def merge_row(
     """Merge one query's per-partition hits into at most k hits (see module docstring)."""
     anchor = choose_anchor(sizes, reach)
     owner: dict[int, int | None] = {}
+    # Partitions that answered with fewer than k hits and at least as many as they hold returned
+    # every vector they have: an item missing there is not in that index (yet, or any more),
+    # whatever its record says. (An ANN index may return fewer than k of a bigger partition.)
+    returned = {mid: int((part.ids >= 0).sum()) for mid, part in parts.items()}
+    exhaustive = {mid for mid, n in returned.items() if n < k and n >= sizes.get(mid, 0)}
+    found_in: dict[int, set[int]] = {}
+    for mid, part in parts.items():
+        for item_id in part.ids.tolist():
+            if item_id >= 0:
+                found_in.setdefault(item_id, set()).add(mid)
 
     def served_from(item_id: int) -> int | None:
         if item_id not in owner:
             rec = records.get(item_id)
-            owner[item_id] = None if rec is None else serving_model(rec.models, query_model, reach, anchor)
+            best = None if rec is None else serving_model(rec.models, query_model, reach, anchor)
+            if best is not None and best in exhaustive and best not in found_in.get(item_id, ()):
+                # mid-move: the database already lists the new version, its index does not hold the
+                # vector yet (another process between its commit and its engine write): serve the
+                # representation the engines do hold rather than lose the item for that instant
+                best = serving_model(frozenset(found_in[item_id]), query_model, reach, anchor)
+            owner[item_id] = best
         return owner[item_id]
 
     # Each other partition's own ranking of the items it serves: anchored ones fill slots, the rest float.
