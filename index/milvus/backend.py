@@ -30,6 +30,7 @@ while it has unflushed writes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -95,6 +96,25 @@ class PartitionConfig:
             return None
 
 
+class _TimedClient:
+    """The MilvusClient with a deadline on every call. pymilvus retries an unavailable server up
+    to 75 times with back-off (minutes) unless a call passes `timeout`, and the client-level
+    timeout does not reach the calls: a writer holding its collection's cross-process lock would
+    then stall every replica's writes and start-ups for as long as Milvus is down."""
+
+    _UNTIMED = frozenset({"prepare_index_params", "close"})
+
+    def __init__(self, client: MilvusClient, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if name in self._UNTIMED or not callable(attr):
+            return attr
+        return functools.partial(attr, timeout=self._timeout)
+
+
 def redacted(uri: str) -> str:
     """The URI without credentials, for logs."""
     parts = urlsplit(uri)
@@ -115,8 +135,8 @@ class MilvusBackend(IndexBackend):
         # A dedicated channel with our keepalive options (GRPC_OPTIONS), not pymilvus' shared one.
         # `timeout` bounds each call: a writer holds its collection's cross-process lock while it
         # waits, so a Milvus outage must fail writes (503, journalled) rather than stall every replica.
-        self._client = MilvusClient(uri=uri, token=token or "", timeout=timeout, dedicated=True,
-                                    grpc_options=GRPC_OPTIONS)
+        self._client = _TimedClient(MilvusClient(uri=uri, token=token or "", timeout=timeout, dedicated=True,
+                                                 grpc_options=GRPC_OPTIONS), timeout)
         self._configs: dict[PartitionKey, PartitionConfig] = {}
         self._counts: dict[PartitionKey, tuple[int, float]] = {}
         self._listed: tuple[frozenset[PartitionKey], float] | None = None
