@@ -50,3 +50,18 @@ class ReadWriteLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+class CollectionLocks:
+    """One ReadWriteLock per collection id, created on first use (what every backend keeps)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, ReadWriteLock] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, collection: int) -> ReadWriteLock:
+        with self._guard:
+            lock = self._locks.get(collection)
+            if lock is None:
+                lock = self._locks[collection] = ReadWriteLock()
+            return lock

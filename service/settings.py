@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     )
     milvus_token: SecretStr | None = Field(None, description="Milvus credentials (`user:password` or an API key).")
     milvus_prefix: str = Field(
-        "nobackfill_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        "nobackfill_",
         description="Prefix of every Milvus collection this deployment creates (deployments can share one Milvus).",
     )
     milvus_flush_seconds: float = Field(
@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         if value not in available_backends():
             raise ValueError(f"unknown index backend {value!r}; choose from {', '.join(available_backends())}")
         return value
+
+    @field_validator("milvus_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        from index.milvus.names import check_prefix  # the one rule for Milvus collection names
+
+        return check_prefix(value)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_batch_items: int = Field(10_000, ge=1, description="Largest upsert batch (items per request).")
     max_query_batch: int = Field(1_024, ge=1, description="Largest number of query vectors per request.")

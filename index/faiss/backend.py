@@ -33,7 +33,7 @@ from index.backend import (
 from index.faiss.gpu import Device, GpuReplicator, resolve_device
 from index.faiss.kinds import new_partition, read_snapshot
 from index.faiss.partition import FaissPartition
-from index.rwlock import ReadWriteLock
+from index.rwlock import CollectionLocks
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class FaissBackend(IndexBackend):
         self._thread_state = threading.local()
         self._apply_threads()
         self._partitions: dict[PartitionKey, FaissPartition] = {}
-        self._locks: dict[int, ReadWriteLock] = {}
+        self._lock = CollectionLocks()
         self._tags: dict[int, int] = {}
         self._registry_lock = threading.Lock()
         self._rebuilding: set[PartitionKey] = set()
@@ -68,13 +68,6 @@ class FaissBackend(IndexBackend):
         if self.threads is not None and not getattr(self._thread_state, "set", False):
             faiss.omp_set_num_threads(self.threads)
             self._thread_state.set = True
-
-    def _lock(self, collection: int) -> ReadWriteLock:
-        with self._registry_lock:
-            lock = self._locks.get(collection)
-            if lock is None:
-                lock = self._locks[collection] = ReadWriteLock()
-            return lock
 
     def _partition(self, key: PartitionKey) -> FaissPartition:
         try:

@@ -23,7 +23,7 @@ from index import IndexBackend, IndexSpec, PartitionKey, PartitionState, Partiti
 from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound, Unavailable
 from service.core.hit_cache import HitCache
-from service.core.index_sync import reconcile_collection
+from service.core.index_sync import reconcile_collection, repair_dead_writes
 from service.core.merge import PartitionHits, Reach, merge_row
 from service.core.transform_graph import Route, TransformGraph
 from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
@@ -193,13 +193,7 @@ class Gallery:
             yield
             return
         with self.store.index_writer(collection.id) as journal:
-            orphans = journal.orphans()
-            if orphans:
-                log.warning("collection %s: %d index write(s) of a process that died; repairing from change %d",
-                            collection.name, len(orphans), min(seq for _, seq in orphans))
-                reconcile_collection(self.store, self.backend, collection, self.model_dims(),
-                                     since=min(seq for _, seq in orphans))
-                journal.clear([entry for entry, _ in orphans])
+            repair_dead_writes(journal, self.store, self.backend, collection, self.model_dims())
             entry = journal.begin_write()
             try:
                 yield
@@ -333,7 +327,9 @@ class Gallery:
             results = self.backend.search(collection.id, per_partition, k)
         except (ValueError, KeyError):
             raise
-        except Exception as exc:  # the engine is down or unreachable (Milvus): retryable, not a bug
+        except Exception as exc:  # a remote engine down or unreachable (Milvus): retryable, not a bug
+            if not self.backend.durable:
+                raise
             raise Unavailable(f"the index of collection {collection.name!r} is unavailable: {type(exc).__name__}") \
                 from exc
         for mid, result in results.items():

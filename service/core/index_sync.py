@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from index import IndexBackend, IndexSpec, PartitionKey, PartitionWrite
-from service.store import CollectionRecord, Store
+from service.store import CollectionRecord, Journal, Store
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,21 @@ def reconcile_collection(
     if added or removed:
         log.info("collection %s: index repaired from the store (+%d, -%d vectors)", collection.name, added, removed)
     return {"added": added, "removed": removed}
+
+
+def repair_dead_writes(journal: Journal, store: Store, backend: IndexBackend, collection: CollectionRecord,
+                       dims: dict[int, tuple[int, str]]) -> dict[str, int] | None:
+    """With the collection's index-writer lock held: repair from the oldest write a dead process
+    left in the journal and clear its entries; None when there is none (store/journal.py)."""
+    orphans = journal.orphans()
+    if not orphans:
+        return None
+    since = min(seq for _, seq in orphans)
+    log.warning("collection %s: %d index write(s) of a process that died; repairing from change %d",
+                collection.name, len(orphans), since)
+    counts = reconcile_collection(store, backend, collection, dims, since=since)
+    journal.clear([entry for entry, _ in orphans])
+    return counts
 
 
 class SnapshotScheduler:
@@ -142,10 +157,8 @@ def load_all(store: Store, backend: IndexBackend, dims: dict[int, tuple[int, str
     for collection in store.list_collections():
         if backend.durable:
             with store.index_writer(collection.id) as journal:
-                orphans = journal.orphans()
-                counts = reconcile_collection(store, backend, collection, dims,
-                                              since=min((seq for _, seq in orphans), default=None))
-                journal.clear([entry for entry, _ in orphans])
+                counts = repair_dead_writes(journal, store, backend, collection, dims) \
+                    or reconcile_collection(store, backend, collection, dims)
         else:
             counts = reconcile_collection(store, backend, collection, dims)
         report[collection.name] = counts

@@ -115,17 +115,18 @@ def merge_row(
     # whatever its record says. (An ANN index may return fewer than k of a bigger partition.)
     returned = {mid: int((part.ids >= 0).sum()) for mid, part in parts.items()}
     exhaustive = {mid for mid, n in returned.items() if n < k and n >= sizes.get(mid, 0)}
-    found_in: dict[int, set[int]] = {}
-    for mid, part in parts.items():
-        for item_id in part.ids.tolist():
-            if item_id >= 0:
-                found_in.setdefault(item_id, set()).add(mid)
+    found_in: dict[int, set[int]] = {}  # only needed when some partition answered exhaustively
+    if exhaustive:
+        for mid, part in parts.items():
+            for item_id in part.ids.tolist():
+                if item_id >= 0:
+                    found_in.setdefault(item_id, set()).add(mid)
 
     def served_from(item_id: int) -> int | None:
         if item_id not in owner:
             rec = records.get(item_id)
             best = None if rec is None else serving_model(rec.models, query_model, reach, anchor)
-            if best is not None and best in exhaustive and best not in found_in.get(item_id, ()):
+            if best in exhaustive and best not in found_in.get(item_id, ()):
                 # mid-move: the database already lists the new version, its index does not hold the
                 # vector yet (another process between its commit and its engine write): serve the
                 # representation the engines do hold rather than lose the item for that instant
