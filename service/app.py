@@ -25,6 +25,7 @@ from service.api.middleware.body_limit import BodyLimitMiddleware
 from service.api.middleware.observability import Metrics, MetricsMiddleware
 from service.api.routes import ROUTERS, collections
 from service.api.schemas import PairsUpload, QueryRequest, UpsertRequest
+from service.api.throttle import AuthThrottle
 from service.core.backfill import Backfill
 from service.core.catalog import Catalog
 from service.core.compat_matrix import CompatibilityMatrix
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _gauges(services.store, services.catalog) if services is not None else []
 
     app.state.metrics = Metrics(gauges=gauges)
+    app.state.throttle = AuthThrottle(settings.auth_failures_per_client, settings.login_failures_overall)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)

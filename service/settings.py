@@ -26,6 +26,18 @@ class Settings(BaseSettings):
     )
     session_hours: float = Field(12.0, gt=0, description="Lifetime of a dashboard login.")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (serve over HTTPS).")
+    auth_failures_per_client: str = Field(
+        "10/minute", description="Failed logins or wrong API keys one client address may make before 429 "
+        "(a `limits` rate string, e.g. '10/minute;50/hour')."
+    )
+    login_failures_overall: str = Field(
+        "100/minute", description="Failed dashboard logins from all addresses together before the login form "
+        "answers 429 (API keys keep working)."
+    )
+    trusted_origins: list[str] = Field(
+        default_factory=list, description="Origins (scheme://host[:port]) besides the service's own Host that may "
+        "post the login form, e.g. the public address behind a reverse proxy."
+    )
     read_requires_key: bool = Field(
         False, description="When true, reads and queries need the API key too (closed deployment)."
     )
@@ -64,6 +76,14 @@ class Settings(BaseSettings):
         1.0, ge=0, description="How long partition counts and lists read from Milvus are reused before asking "
         "again: the bound on how soon this process sees partitions another replica created or filled.",
     )
+
+    @field_validator("auth_failures_per_client", "login_failures_overall")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse_many  # a rate string the throttle cannot read must stop start-up
+
+        parse_many(value)
+        return value
 
     @field_validator("index_backend")
     @classmethod

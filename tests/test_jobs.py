@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,8 @@ import pytest
 from rich.console import Console
 
 from service.cli.job_watch import watch
+from service.core.jobs import JobRunner
+from service.core.worker_identity import is_dead_on_this_host, process_start_ticks, worker_name
 from service.store import Store
 from service.store.db import make_engine, migrate
 from tests.conftest import unique
@@ -80,6 +83,33 @@ def test_heartbeat_cancel_and_recovery(store: Store) -> None:
     failed = store.get_job(lost.id)
     assert failed.state == "failed" and "interrupted" in failed.error and failed.finished_at is not None
     assert not store.finish_job(lost.id, "w2", "succeeded"), "a recovered job cannot be finished by its old worker"
+
+
+def test_a_restart_that_reuses_host_and_pid_requeues_at_start_up(store: Store) -> None:
+    """A restarted container gets the same hostname and often the same pid: the earlier
+    incarnation's jobs must be re-queued at start-up, not after JOB_STALE_SECONDS."""
+    host, pid = socket.gethostname(), os.getpid()
+    start = process_start_ticks(pid)
+    earlier_me = f"{host}:{pid}:{start}:0123456789ab:abcdef"  # same pid and start, another boot
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        reused = f"{host}:{sleeper.pid}:{(process_start_ticks(sleeper.pid) or 0) + 1}:0123456789ab:abcdef"
+        alive = f"{host}:{sleeper.pid}:{process_start_ticks(sleeper.pid)}:0123456789ab:abcdef"
+        sibling = worker_name()  # another runner in this very process
+        assert is_dead_on_this_host(earlier_me) and is_dead_on_this_host(reused)
+        assert not is_dead_on_this_host(alive) and not is_dead_on_this_host(sibling)
+        assert not is_dead_on_this_host(f"elsewhere:{pid}:{start}:0123456789ab:abcdef"), "other hosts: heartbeat only"
+        jobs = {}
+        for name in (earlier_me, reused, alive, sibling):
+            jobs[name] = store.create_job("k", None, {}).id
+            assert store.claim_job(name, ["k"]).id == jobs[name]
+        runner = JobRunner(store, {"k": lambda ctx: {}}, stale_seconds=3600)
+        recovered = {j: state for j, state in runner.recover() if j in jobs.values()}  # the db is shared
+        assert recovered == {jobs[earlier_me]: "queued", jobs[reused]: "queued"}
+        assert store.get_job(jobs[alive]).state == store.get_job(jobs[sibling]).state == "running"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def _lineage_with_pairs(url: str) -> tuple[str, str, str, int]:

@@ -1,7 +1,8 @@
 """The one way the HTTP layer reaches the application: `Services`, and typed dependencies over it.
 
-`service.app` builds one `Services` at start-up and keeps it on `app.state.services`; settings and
-request metrics exist before start-up and live beside it. No other module reads `app.state`:
+`service.app` builds one `Services` at start-up and keeps it on `app.state.services`; settings,
+request metrics and the authentication throttle exist before start-up and live beside it. No other
+module reads `app.state`:
 routes and dashboard views declare what they need with the `...Dep` aliases below, and the query
 hot path (a plain Starlette route, see routes/collections.py) awaits the same functions itself.
 
@@ -19,6 +20,7 @@ from fastapi import Depends, Request
 
 from index import IndexBackend
 from service.api.middleware.observability import Metrics
+from service.api.throttle import AuthThrottle
 from service.core.backfill import Backfill
 from service.core.catalog import Catalog
 from service.core.compat_matrix import CompatibilityMatrix
@@ -60,6 +62,10 @@ async def metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def throttle(request: Request) -> AuthThrottle:
+    return request.app.state.throttle
+
+
 def _service(name: str) -> Callable[[Request], Awaitable[Any]]:
     """An accessor for one attribute of the running `Services`."""
 
@@ -80,6 +86,7 @@ compat = _service("compat")
 ServicesDep = Annotated[Services, Depends(services)]
 SettingsDep = Annotated[Settings, Depends(settings)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]
+ThrottleDep = Annotated[AuthThrottle, Depends(throttle)]
 CatalogDep = Annotated[Catalog, Depends(catalog)]
 GalleryDep = Annotated[Gallery, Depends(gallery)]
 StoreDep = Annotated[Store, Depends(store)]

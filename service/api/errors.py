@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.core.errors import ApiError
 
 _HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "too_large"}
+               413: "too_large", 429: "too_many_requests"}
 
 
 def field_path(loc: tuple) -> str:
@@ -31,13 +31,14 @@ def field_path(loc: tuple) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status_code)
+        return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": field_path(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()[:20]]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return JSONResponse({"error": "invalid", "detail": detail, "errors": errors}, status_code=422)
+        return JSONResponse({"error": "invalid", "detail": detail, "field": errors[0]["field"] if errors else "body",
+                             "errors": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

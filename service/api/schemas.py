@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters import servable
+from service.api.ids import RowIdField
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 Name = Field(pattern=NAME_PATTERN, description="Letters, digits and _ . : @ -, up to 128 characters.")
@@ -247,7 +248,7 @@ class TrainRequest(_Strict):
 
 
 class ActivateRequest(_Strict):
-    transformation: int | None = Field(None, description="Transformation id; default: the newest one.")
+    transformation: RowIdField | None = Field(None, description="Transformation id (1..2³¹−1); default: the newest.")
     force: bool = Field(False, description="Activate even though it does not pass the compatibility criterion.")
 
 
@@ -321,3 +322,19 @@ class BackfillOut(BaseModel):
 
 class RetireRequest(_Strict):
     model: str
+
+
+# ---- dashboard sessions ------------------------------------------------------------------------
+class SessionOut(BaseModel):
+    id: int
+    role: str = Field(description="admin | reader")
+    client: str = Field(description="The client address that logged in.")
+    user_agent: str
+    created_at: datetime
+    expires_at: datetime
+    last_seen_at: datetime = Field(description="Last use, to the minute.")
+    revoked_at: datetime | None
+
+
+class SessionsRevoked(BaseModel):
+    revoked: int

@@ -16,6 +16,10 @@ class ApiError(Exception):
         self.message = message
         self.field = field
 
+    def headers(self) -> dict[str, str] | None:
+        """Response headers the error needs (e.g. Retry-After)."""
+        return None
+
     def to_body(self) -> dict:
         body = {"error": self.code, "detail": self.message}
         if self.field:

@@ -4,23 +4,22 @@ The worker runs inside the service process by default (`NOBACKFILL_RUN_WORKER=tr
 class runs as a separate process with `nobackfill worker`. Safety comes from the store: claiming is
 an atomic compare-and-set (plus SKIP LOCKED on PostgreSQL), progress is a heartbeat that also tells
 the worker when it was cancelled or lost the job, and a job whose worker vanished (crash, kill -9)
-is re-queued -- or failed after `max_attempts` -- at start-up (same host, process gone) or once its
-heartbeat is older than `job_stale_seconds` (any host). No job stays "running" forever.
+is re-queued -- or failed after `max_attempts` -- at start-up (same host, process gone; see
+`worker_identity`, which also catches a restart that reused the pid) or once its heartbeat is older
+than `job_stale_seconds` (any host). No job stays "running" forever.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from service.core.worker_identity import is_dead_on_this_host, worker_name
 from service.store import JobRecord, Store
 
 log = logging.getLogger(__name__)
@@ -70,27 +69,6 @@ class JobContext:
 Handler = Callable[[JobContext], dict]
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def _dead_on_this_host(worker: str | None) -> bool:
-    """A worker named host:pid:... on this host whose process no longer exists."""
-    if not worker:
-        return False
-    host, _, rest = worker.partition(":")
-    pid = rest.split(":", 1)[0]
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class JobRunner:
     def __init__(
         self,
@@ -129,7 +107,7 @@ class JobRunner:
 
     def recover(self) -> list[tuple[int, str]]:
         running = self.store.list_jobs(state="running", limit=1_000)
-        dead = [j.worker for j in running if _dead_on_this_host(j.worker)]
+        dead = [j.worker for j in running if is_dead_on_this_host(j.worker)]
         recovered = self.store.recover_jobs(self.stale_after, dead)
         for job_id, state in recovered:
             log.warning("job %s was interrupted (its worker stopped); now %s", job_id, state)

@@ -2,7 +2,7 @@
 
 The rest of the service deals in plain dataclasses and numpy arrays, so the database (SQLite or
 PostgreSQL) can change without touching routes or application logic. One `Store` object gives
-access to all of it; the parts are split by subject (items, upgrades, jobs) only to keep files small.
+access to all of it; the parts are split by subject (items, upgrades, jobs, sessions) only to keep files small.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from service.store.items import (
 )
 from service.store.jobs import TERMINAL, JobRecord, JobStore
 from service.store.journal import Journal, JournalStore
+from service.store.sessions import SessionRecord, SessionStore
 from service.store.upgrades import PairSet, TransformationRecord, UpgradeRecord, UpgradeStore
 
 
-class Store(ItemStore, UpgradeStore, JobStore, JournalStore):
+class Store(ItemStore, UpgradeStore, JobStore, JournalStore, SessionStore):
     """All persistent state of the service (SQLite or PostgreSQL through SQLAlchemy)."""
 
 
 __all__ = [
     "TERMINAL", "AlreadyExists", "CollectionRecord", "HitRecord", "ItemRecord", "JobRecord", "Journal",
     "ModelRecord",
-    "PairSet", "Store", "TransformationRecord", "UpgradeRecord", "UpsertOutcome", "decode_vectors",
+    "PairSet", "SessionRecord", "Store", "TransformationRecord", "UpgradeRecord", "UpsertOutcome", "decode_vectors",
     "encode_vector",
 ]

@@ -11,19 +11,30 @@ and anonymous visitors get a read-only view unless reads require a key (then: th
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from service.api import deps
-from service.api.auth import ADMIN, SESSION_COOKIE, role_for_key, session_cookie, session_role
+from service.api.auth import (
+    ADMIN,
+    SESSION_COOKIE,
+    client_address,
+    end_session,
+    open_session,
+    role_for_key,
+    session_role,
+)
 from service.api.dashboard import svg
+from service.api.ids import UpgradeId
 from service.api.middleware.observability import QUERY_ROUTE
+from service.api.throttle import TooManyAttempts
 from service.core.errors import NotFound
 from service.core.upgrades import SERVABLE_METHODS
 from service.settings import Settings
+from service.store import Store
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -31,41 +42,79 @@ templates.env.globals.update(svg=svg)
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 
-def _role(request: Request, settings: Settings) -> str | None:
+def _role(request: Request, settings: Settings, store: Store) -> str | None:
     if not settings.api_key:
         return ADMIN
-    return session_role(settings, request.cookies.get(SESSION_COOKIE))
+    return session_role(settings, store, request.cookies.get(SESSION_COOKIE))
 
 
-def _page(request: Request, settings: Settings, template: str, **context) -> Response:
-    role = _role(request, settings)
+def _page(request: Request, settings: Settings, store: Store, template: str, **context) -> Response:
+    role = _role(request, settings, store)
     if role is None and settings.read_requires_key:
         return RedirectResponse("/dashboard/login", status_code=303)
     context.update(role=role, is_admin=role == ADMIN, keys_configured=bool(settings.api_key))
     return templates.TemplateResponse(request, template, context)
 
 
+def _foreign_origin(request: Request, settings: Settings) -> str | None:
+    """The Origin (or, without one, the Referer's origin) of a form post when it is not this service's
+    own address nor a trusted one: a login posted from another site must not set a cookie (login CSRF).
+    Requests without either header (non-browser clients) are not browser CSRF and pass."""
+    origin = request.headers.get("origin")
+    if origin is None and (referer := request.headers.get("referer")):
+        parts = urlsplit(referer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    if origin is None:
+        return None
+    parts = urlsplit(origin)
+    host = request.headers.get("host", "")
+    if origin in settings.trusted_origins or (parts.scheme in ("http", "https") and parts.netloc == host and host):
+        return None
+    return origin
+
+
 @router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request, settings: deps.SettingsDep, error: str | None = None) -> Response:
-    return templates.TemplateResponse(request, "login.html", {"error": error, "role": _role(request, settings)})
+def login_form(request: Request, settings: deps.SettingsDep, store: deps.StoreDep,
+               error: str | None = None) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"error": error, "role": _role(request, settings, store)})
+
+
+def _login_refused(request: Request, message: str, status_code: int, headers: dict | None = None) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"error": message, "role": None},
+                                      status_code=status_code, headers=headers)
+
+
+async def _form_body(request: Request) -> bytes:
+    """The login form's body (a key is short: anything past 4 KiB is not a key)."""
+    return (await request.body())[:4096]
 
 
 @router.post("/login")
-async def login(request: Request, settings: deps.SettingsDep) -> Response:
-    body = (await request.body())[:4096].decode("utf-8", "replace")
-    key = (parse_qs(body).get("api_key") or [""])[0]
+def login(request: Request, settings: deps.SettingsDep, store: deps.StoreDep, throttle: deps.ThrottleDep,
+          body: bytes = Depends(_form_body)) -> Response:
+    if (origin := _foreign_origin(request, settings)) is not None:
+        return _login_refused(request, f"login refused: posted from another site ({origin[:100]})", 403)
+    client = client_address(request)
+    try:
+        throttle.check(client, login=True)
+    except TooManyAttempts as exc:
+        return _login_refused(request, exc.message, 429, exc.headers())
+    key = (parse_qs(body.decode("utf-8", "replace")).get("api_key") or [""])[0]
     role = role_for_key(settings, key) if key else None
     if role is None:
-        return templates.TemplateResponse(request, "login.html", {"error": "key not accepted", "role": None},
-                                          status_code=401)
+        throttle.failed(client, login=True)
+        return _login_refused(request, "key not accepted", 401)
     response = RedirectResponse("/dashboard", status_code=303)
-    response.set_cookie(SESSION_COOKIE, session_cookie(settings, role), max_age=int(settings.session_hours * 3600),
-                        httponly=True, samesite="strict", secure=settings.secure_cookies, path="/")
+    response.set_cookie(SESSION_COOKIE, open_session(settings, store, role, request),
+                        max_age=int(settings.session_hours * 3600), httponly=True, samesite="strict",
+                        secure=settings.secure_cookies, path="/")
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request, store: deps.StoreDep) -> Response:
+    """Ends the session on the server too: a copied cookie stops working at once."""
+    end_session(store, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/dashboard/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -95,7 +144,8 @@ def overview(request: Request, settings: deps.SettingsDep, catalog: deps.Catalog
             "progress": counts.get(members[-1].id, 0) / total if total else 1.0,
         })
     upgrades = [_upgrade_summary(store, by_id, u) for u in store.list_upgrades()]
-    return _page(request, settings, "overview.html", lineages=lineages, collections=collections, upgrades=upgrades)
+    return _page(request, settings, store, "overview.html", lineages=lineages, collections=collections,
+                 upgrades=upgrades)
 
 
 def _upgrade_summary(store, by_id, u) -> dict:
@@ -117,7 +167,7 @@ def _migration_markers(catalog, store, upgrade) -> list[tuple[str, float]]:
 
 
 @router.get("/upgrades/{upgrade_id}", response_class=HTMLResponse)
-def upgrade_page(request: Request, upgrade_id: int, settings: deps.SettingsDep, catalog: deps.CatalogDep,
+def upgrade_page(request: Request, upgrade_id: UpgradeId, settings: deps.SettingsDep, catalog: deps.CatalogDep,
                  store: deps.StoreDep, t: int | None = None) -> Response:
     upgrade = store.get_upgrade(upgrade_id)
     if upgrade is None:
@@ -127,7 +177,7 @@ def upgrade_page(request: Request, upgrade_id: int, settings: deps.SettingsDep, 
     wanted = t if t is not None else upgrade.active_transformation_id
     shown = next((x for x in transformations if x.id == wanted), transformations[-1] if transformations else None)
     jobs = [j for j in store.list_jobs(subject=f"upgrade:{upgrade.id}", limit=10)]
-    return _page(request, settings, "upgrade.html", upgrade=_upgrade_summary(store, by_id, upgrade),
+    return _page(request, settings, store, "upgrade.html", upgrade=_upgrade_summary(store, by_id, upgrade),
                  migration=_migration_markers(catalog, store, upgrade),
                  transformations=list(reversed(transformations)), shown=shown, jobs=jobs,
                  active_id=upgrade.active_transformation_id, methods=["auto", *[m for m in SERVABLE_METHODS
@@ -136,17 +186,18 @@ def upgrade_page(request: Request, upgrade_id: int, settings: deps.SettingsDep, 
 
 @router.get("/compatibility/{model}", response_class=HTMLResponse)
 def compatibility_page(request: Request, model: str, settings: deps.SettingsDep, catalog: deps.CatalogDep,
-                       compat: deps.CompatDep) -> Response:
+                       compat: deps.CompatDep, store: deps.StoreDep) -> Response:
     record = catalog.model(model)
-    return _page(request, settings, "compatibility.html", result=compat.compute(record), model=record.name)
+    return _page(request, settings, store, "compatibility.html", result=compat.compute(record), model=record.name)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, settings: deps.SettingsDep, store: deps.StoreDep) -> Response:
-    return _page(request, settings, "jobs.html", jobs=store.list_jobs(limit=50))
+    return _page(request, settings, store, "jobs.html", jobs=store.list_jobs(limit=50))
 
 
 @router.get("/health", response_class=HTMLResponse)
-def health_page(request: Request, settings: deps.SettingsDep, metrics: deps.MetricsDep) -> Response:
-    return _page(request, settings, "health.html", queries=metrics.window.summary(QUERY_ROUTE),
+def health_page(request: Request, settings: deps.SettingsDep, store: deps.StoreDep,
+                metrics: deps.MetricsDep) -> Response:
+    return _page(request, settings, store, "health.html", queries=metrics.window.summary(QUERY_ROUTE),
                  everything=metrics.window.summary())

@@ -3,6 +3,6 @@
 `ROUTERS` is what the app mounts; a new resource is a new module here and one entry below.
 """
 
-from service.api.routes import collections, health, jobs, models, upgrades
+from service.api.routes import collections, health, jobs, models, sessions, upgrades
 
-ROUTERS = [health.router, models.router, collections.router, upgrades.router, jobs.router]
+ROUTERS = [health.router, models.router, collections.router, upgrades.router, jobs.router, sessions.router]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from service.api import deps
 from service.api.auth import require_admin, require_reader
+from service.api.ids import JobId
 from service.api.schemas import JobOut
 from service.core.errors import NotFound
 from service.store import JobRecord, Store
@@ -41,12 +42,12 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(require_reader)])
-def get_job(job_id: int, store: deps.StoreDep) -> JobOut:
+def get_job(job_id: JobId, store: deps.StoreDep) -> JobOut:
     return job_out(_job(store, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[Depends(require_admin)])
-def cancel_job(job_id: int, store: deps.StoreDep) -> JobOut:
+def cancel_job(job_id: JobId, store: deps.StoreDep) -> JobOut:
     """Queued jobs are cancelled at once; running ones stop at their next progress report."""
     _job(store, job_id)
     return job_out(store.request_cancel(job_id))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, status
 
 from service.api import deps
 from service.api.auth import require_admin, require_reader
+from service.api.ids import UpgradeId
 from service.api.json_body import json_body, openapi_body
 from service.api.routes.jobs import job_out
 from service.api.schemas import (
@@ -68,7 +69,7 @@ def create_upgrade(body: UpgradeCreate, upgrades: deps.UpgradesDep,
 
 
 @router.get("/{upgrade_id}", response_model=UpgradeOut, dependencies=[Depends(require_reader)])
-def get_upgrade(upgrade_id: int, upgrades: deps.UpgradesDep,
+def get_upgrade(upgrade_id: UpgradeId, upgrades: deps.UpgradesDep,
                 catalog: deps.CatalogDep) -> UpgradeOut:
     return upgrade_out(upgrades.upgrade(upgrade_id), upgrades, catalog)
 
@@ -76,7 +77,7 @@ def get_upgrade(upgrade_id: int, upgrades: deps.UpgradesDep,
 @router.post("/{upgrade_id}/pairs", response_model=PairsOut, dependencies=[Depends(require_admin)],
              openapi_extra=openapi_body(PairsUpload))
 def upload_pairs(
-    upgrade_id: int,
+    upgrade_id: UpgradeId,
     body: Annotated[PairsUpload, Depends(json_body(PairsUpload))],
     upgrades: deps.UpgradesDep,
     catalog: deps.CatalogDep,
@@ -99,7 +100,7 @@ def upload_pairs(
 
 
 @router.put("/{upgrade_id}/training", response_model=UpgradeOut, dependencies=[Depends(require_admin)])
-def set_training_policy(upgrade_id: int, body: TrainingPolicy, upgrades: deps.UpgradesDep,
+def set_training_policy(upgrade_id: UpgradeId, body: TrainingPolicy, upgrades: deps.UpgradesDep,
                         catalog: deps.CatalogDep) -> UpgradeOut:
     """Train by itself from `min_pairs` pairs on, and again as they double (starts at once if due)."""
     updated = upgrades.set_policy(upgrades.upgrade(upgrade_id), body.min_pairs, body.method)
@@ -107,14 +108,14 @@ def set_training_policy(upgrade_id: int, body: TrainingPolicy, upgrades: deps.Up
 
 
 @router.delete("/{upgrade_id}/training", response_model=UpgradeOut, dependencies=[Depends(require_admin)])
-def clear_training_policy(upgrade_id: int, upgrades: deps.UpgradesDep, catalog: deps.CatalogDep) -> UpgradeOut:
+def clear_training_policy(upgrade_id: UpgradeId, upgrades: deps.UpgradesDep, catalog: deps.CatalogDep) -> UpgradeOut:
     """Back to training on request only (a running job finishes)."""
     return upgrade_out(upgrades.set_policy(upgrades.upgrade(upgrade_id), None), upgrades, catalog)
 
 
 @router.post("/{upgrade_id}/train", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
              dependencies=[Depends(require_admin)])
-def train(upgrade_id: int, body: TrainRequest, upgrades: deps.UpgradesDep) -> JobOut:
+def train(upgrade_id: UpgradeId, body: TrainRequest, upgrades: deps.UpgradesDep) -> JobOut:
     """Queue a training job; follow it at /v1/jobs/{id} (or `nobackfill jobs watch ID`)."""
     job = upgrades.start_training(upgrades.upgrade(upgrade_id), body.method, body.params, body.label_field,
                                   body.seed)
@@ -122,7 +123,7 @@ def train(upgrade_id: int, body: TrainRequest, upgrades: deps.UpgradesDep) -> Jo
 
 
 @router.post("/{upgrade_id}/activate", response_model=UpgradeOut, dependencies=[Depends(require_admin)])
-def activate(upgrade_id: int, body: ActivateRequest, upgrades: deps.UpgradesDep,
+def activate(upgrade_id: UpgradeId, body: ActivateRequest, upgrades: deps.UpgradesDep,
              catalog: deps.CatalogDep) -> UpgradeOut:
     """Make a transformation active (also the way to roll back to an earlier one)."""
     updated = upgrades.activate(upgrades.upgrade(upgrade_id), body.transformation, body.force)
@@ -130,7 +131,7 @@ def activate(upgrade_id: int, body: ActivateRequest, upgrades: deps.UpgradesDep,
 
 
 @router.post("/{upgrade_id}/deactivate", response_model=UpgradeOut, dependencies=[Depends(require_admin)])
-def deactivate(upgrade_id: int, upgrades: deps.UpgradesDep,
+def deactivate(upgrade_id: UpgradeId, upgrades: deps.UpgradesDep,
                catalog: deps.CatalogDep) -> UpgradeOut:
     """Serve without any transformation for this upgrade (cross-version partitions become unreachable)."""
     return upgrade_out(upgrades.deactivate(upgrades.upgrade(upgrade_id)), upgrades, catalog)
