@@ -10,6 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NOBACKFILL_DATA_DIR=/data
 
 WORKDIR /app
+# pg_dump / pg_restore for `nobackfill backup` and `restore` against PostgreSQL.
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md alembic.ini ./
 COPY service ./service
 COPY index ./index

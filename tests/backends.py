@@ -77,8 +77,10 @@ class MilvusServer:
         import time
 
         exe = Path(sys.executable).with_name("milvus-lite")
-        self.proc = subprocess.Popen([str(exe), "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-                                      "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log_path = self.data_dir.with_name(f"{self.data_dir.name}-server.log")  # a file, not an unread pipe
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen([str(exe), "server", "--data-dir", str(self.data_dir), "--host",
+                                          "127.0.0.1", "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=log)
         from pymilvus import MilvusClient
 
         from index.milvus.backend import GRPC_OPTIONS
@@ -86,7 +88,7 @@ class MilvusServer:
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
-                why = f"milvus-lite server could not start: {self.proc.stderr.read().decode()[-500:]}"
+                why = f"milvus-lite server could not start: {log_path.read_text(errors='replace')[-500:]}"
                 pytest.skip(why) if first else pytest.fail(why)
             try:
                 client = MilvusClient(uri=self.uri, dedicated=True, timeout=2, grpc_options=GRPC_OPTIONS)

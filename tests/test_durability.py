@@ -43,21 +43,28 @@ class ServerProcess:
             **env,
         }
         self.proc: subprocess.Popen | None = None
+        # stderr goes to a file, never to a pipe nobody reads: once a pipe's 64 KiB fill up (pymilvus
+        # logs every failed call while Milvus is down), the next log line blocks the thread writing
+        # it -- with whatever locks it holds.
+        self.log_path = data_dir.with_name(f"{data_dir.name}-{self.port}.log")
 
     def start(self) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli.main", "serve", "--port", str(self.port)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli.main", "serve", "--port", str(self.port)],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+            )
         try:
             wait_ready(self.url, timeout=60)
         except TimeoutError:
             if self.proc.poll() is None:  # hung, not crashed: make it say where
                 self.proc.send_signal(signal.SIGABRT)
             self.proc.wait(timeout=30)
-            raise AssertionError("server not ready within 60 s:\n" + self.proc.stderr.read().decode()[-6000:]) \
-                from None
+            raise AssertionError("server not ready within 60 s:\n" + self.log_tail()) from None
         return self
+
+    def log_tail(self, chars: int = 6_000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

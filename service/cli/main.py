@@ -74,6 +74,39 @@ def evaluate(
                                   method, seed, json_out, params))
 
 
+@app.command()
+def backup(target: Path = typer.Argument(..., help="New directory to write the backup to.")) -> None:
+    """Take a consistent backup while the service runs (database, index snapshots, transformations)."""
+    from service.cli.backup import BackupError, take_backup
+    from service.settings import get_settings
+
+    try:
+        manifest = take_backup(get_settings(), target)
+    except BackupError as exc:
+        typer.echo(f"backup failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    typer.echo(f"backup written to {target}: {len(manifest['files'])} files, {size:,} bytes, "
+               f"{manifest['seconds']} s")
+
+
+@app.command()
+def restore(
+    source: Path = typer.Argument(..., help="A directory written by `nobackfill backup`."),
+    force: bool = typer.Option(False, "--force", help="Replace a database that is not empty."),
+) -> None:
+    """Restore a backup into the configured database and data directory (stop the service first)."""
+    from service.cli.backup import BackupError, restore_backup
+    from service.settings import get_settings
+
+    try:
+        outcome = restore_backup(get_settings(), source, force=force)
+    except BackupError as exc:
+        typer.echo(f"restore failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"restored {source}: {outcome}")
+
+
 jobs_app = typer.Typer(help="Durable jobs (training, ...).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 

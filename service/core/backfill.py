@@ -81,7 +81,7 @@ class Backfill:
                     rank = (float(err) if not np.isnan(err) else 1e9 - mid, -int(row_id), mid)
                     if len(best) < limit:
                         heapq.heappush(best, rank)
-                    elif rank > best[0]:
+                    elif best and rank > best[0]:  # limit 0: progress only, no suggestions
                         heapq.heapreplace(best, rank)
         ordered = sorted(best, reverse=True)
         ranked = [(err if err < 1e8 else float("nan"), -neg_id, mid) for err, neg_id, mid in ordered]
