@@ -99,6 +99,11 @@ class SearchResult:
     scores: np.ndarray
     ids: np.ndarray
 
+    @classmethod
+    def empty(cls, n: int, k: int) -> SearchResult:
+        """No hits for n queries (e.g. a partition dropped by a retirement while the query was planned)."""
+        return cls(np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64))
+
 
 @dataclass
 class PartitionWrite:

@@ -309,3 +309,41 @@ def test_backend_rebuilds_beside_the_live_index(kind: str, monkeypatch) -> None:
     assert 9_000 in live and 2_999 not in live
     assert len(live) == (3_000 if kind == "ivf" else 1_500)
     assert backend.search(1, {1: x[2_999:3_000]}, 1)[1].ids[0, 0] == 9_000
+
+
+def test_queries_racing_a_retirement_never_fail() -> None:
+    """A query plans over the partitions it sees, then searches them; a retirement may drop one in
+    between (the soak run hit this as a 500). Sizes are one consistent reading and a dropped
+    partition answers with no hits."""
+    backend = FaissBackend()
+    keys = [PartitionKey(1, m) for m in (1, 2)]
+    rng = np.random.default_rng(0)
+    for key in keys:
+        backend.ensure_partition(key, 8, "cosine", IndexSpec())
+        backend.apply(1, {key.model: PartitionWrite(add_ids=np.arange(50) + 100 * key.model,
+                                                     add_vectors=rng.normal(size=(50, 8)).astype(np.float32))})
+    stop, errors = threading.Event(), []
+
+    def query() -> None:
+        while not stop.is_set():
+            try:
+                planned = backend.sizes(1)
+                result = backend.search(1, {m: rng.normal(size=(2, 8)).astype(np.float32) for m in planned}, 5)
+                assert set(result) == set(planned)
+            except Exception as exc:  # noqa: BLE001 -- any failure is the finding
+                errors.append(exc)
+
+    threads = [threading.Thread(target=query) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for _ in range(200):
+        backend.drop_partition(keys[1])
+        backend.ensure_partition(keys[1], 8, "cosine", IndexSpec())
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    backend.drop_partition(keys[1])
+    assert backend.sizes(1) == {1: 50}
+    gone = backend.search(1, {2: np.ones((3, 8), np.float32)}, 4)[2]
+    assert gone.ids.shape == (3, 4) and (gone.ids == -1).all()

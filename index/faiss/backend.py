@@ -109,6 +109,12 @@ class FaissBackend(IndexBackend):
         with self._lock(key.collection).read():
             return len(self._partition(key))
 
+    def sizes(self, collection: int) -> dict[int, int]:
+        """One reading under the collection's read lock: a partition that a retirement drops
+        meanwhile is either counted or absent, never a KeyError on the query path."""
+        with self._lock(collection).read():
+            return {k.model: len(p) for k, p in list(self._partitions.items()) if k.collection == collection}
+
     def state(self, key: PartitionKey) -> PartitionState:
         with self._lock(key.collection).read():
             part = self._partition(key)
@@ -200,7 +206,10 @@ class FaissBackend(IndexBackend):
             out: dict[int, SearchResult] = {}
             for model, q in queries.items():
                 key = PartitionKey(collection, model)
-                part = self._partition(key)
+                part = self._partitions.get(key)
+                if part is None:  # dropped (retired) after the query was planned: it holds nothing now
+                    out[model] = SearchResult.empty(len(q), k)
+                    continue
                 replica = self._gpu_replica(key, part) if self._gpu is not None else None
                 out[model] = part.search(q, k, via=replica)
             return out
