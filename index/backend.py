@@ -189,12 +189,21 @@ class IndexBackend(ABC):
 
     @abstractmethod
     def search(
-        self, collection: int, queries: Mapping[int, np.ndarray], k: int
+        self, collection: int, queries: Mapping[int, np.ndarray], k: int, allowed: np.ndarray | None = None,
+        effort: float = 1.0,
     ) -> dict[int, SearchResult]:
         """Search several partitions of one collection against one consistent state.
 
         `queries` maps model id -> (n, dim) float32 queries already in that partition's space.
+        `allowed` (sorted ids, at most `max_allowed_ids`): only these ids may be returned, in every
+        partition -- a payload pre-filter; the backend keeps recall near an unfiltered search's.
+        `effort` (>= 1) multiplies an approximate index's search breadth (HNSW ef, IVF nprobe):
+        a post-filtered query that asks for many more hits than the spec was tuned for asks for
+        that much more effort too, so the deep hits it filters are as accurate as the top ones.
         """
+
+    max_allowed_ids: int = 1 << 62  # the largest `allowed` set `search` takes (a remote engine's limit)
+    max_k: int = 1 << 62  # the largest k `search` takes
 
     def search_cost(self, key: PartitionKey) -> int:
         """Rough multiply-adds for one query against the partition (a scheduling hint, not a promise).

@@ -19,12 +19,13 @@ from service.api import deps
 from service.api.auth import require_reader
 from service.api.dashboard import views as dashboard_views
 from service.api.deps import Services
+from service.api.docs_ui import install_docs
 from service.api.errors import install_error_handlers
-from service.api.json_body import install_openapi
 from service.api.middleware.body_limit import BodyLimitMiddleware
 from service.api.middleware.observability import Metrics, MetricsMiddleware
+from service.api.openapi import install_openapi
 from service.api.routes import ROUTERS, collections
-from service.api.schemas import PairsUpload, QueryRequest, UpsertRequest
+from service.api.schemas import QueryRequest
 from service.api.throttle import AuthThrottle
 from service.core.backfill import Backfill
 from service.core.catalog import Catalog
@@ -115,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Backfill-free embedding model upgrades: register encoders, host galleries, query across versions.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files by install_docs
+        redoc_url=None,
     )
     app.state.settings = settings
     def gauges() -> list[GaugeMetricFamily]:
@@ -130,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(dashboard_views.router)
     app.router.routes.insert(0, collections.fast_query_route)  # the query hot path, first to match
+    install_docs(app)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard_views.HERE / "static"), name="dashboard-static")
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_reader)])
@@ -137,5 +141,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus exposition; behind the read key when reads require one (names are data too)."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    install_openapi(app, [UpsertRequest, QueryRequest, PairsUpload])
+    install_openapi(app, ROUTERS, body_extra={collections.query.__name__: QueryRequest})
     return app

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
         return check_prefix(value)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_batch_items: int = Field(10_000, ge=1, description="Largest upsert batch (items per request).")
+    max_payload_bytes: int = Field(64 * 1024, ge=2, description="Largest payload of one item, as compact JSON "
+                                   "(UTF-8 bytes); a larger one is refused with 413 naming the item.")
     max_query_batch: int = Field(1_024, ge=1, description="Largest number of query vectors per request.")
     max_dim: int = Field(8_192, ge=1, description="Largest embedding dimension a model may declare.")
     snapshot_every_changes: int = Field(

@@ -61,6 +61,34 @@ def test_search_matches_exact_search(backend: IndexBackend, spec: IndexSpec, met
     np.testing.assert_allclose(got.scores[:, 0], expected, rtol=1e-4, atol=1e-4)
 
 
+ALLOWED_SPECS = [IndexSpec(kind="flat"), IndexSpec(kind="hnsw"), IndexSpec(kind="ivf", ivf_train_min=500, ivf_nprobe=4)]
+
+
+@pytest.mark.parametrize("spec", ALLOWED_SPECS, ids=lambda s: s.kind)
+@pytest.mark.parametrize("share", [0.005, 0.05, 0.3])
+def test_search_over_allowed_ids_only(backend: IndexBackend, spec: IndexSpec, share: float) -> None:
+    """A pre-filtered search returns allowed ids only, with the recall of an unfiltered one: few
+    allowed ids are found exactly, many through the widened walk (index/faiss/hnsw.py, ivf.py)."""
+    x = clustered(3000, 16)
+    ids = np.arange(10_000, 13_000, dtype=np.int64)
+    key = PartitionKey(1, 1)
+    backend.ensure_partition(key, 16, "cosine", spec)
+    _add(backend, key, ids, x)
+    if hasattr(backend, "wait_for_rebuilds"):
+        backend.wait_for_rebuilds()
+    rng = np.random.default_rng(5)
+    allowed = np.sort(rng.choice(ids, int(share * len(ids)), replace=False))
+    q = clustered(20, 16, seed=2)
+    got = backend.search(1, {1: q}, 10, allowed=allowed)[1]
+    pick = np.isin(ids, allowed)
+    want = exact_top(x[pick], ids[pick], q, 10, "cosine")
+    assert set(got.ids[got.ids >= 0].tolist()) <= set(allowed.tolist())
+    recall = np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got.ids.tolist(), want, strict=True)])
+    assert recall >= (1.0 if spec.kind == "flat" or len(allowed) <= 100 else 0.95), recall
+    empty = backend.search(1, {1: q}, 10, allowed=np.empty(0, np.int64))[1]
+    assert (empty.ids == -1).all()
+
+
 def test_remove_replace_and_reuse_an_id(backend: IndexBackend) -> None:
     x = clustered(300, 8)
     key = PartitionKey(2, 7)

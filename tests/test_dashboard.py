@@ -195,3 +195,30 @@ def test_static_assets_are_vendored() -> None:
     for f in static.iterdir():
         text = f.read_text()
         assert "http://" not in text and "https://" not in text, f"{f.name} must not load anything remote"
+
+
+def test_api_docs_render_offline_in_chromium(seeded, browser) -> None:
+    """Swagger UI and ReDoc come from this server's files: with every other host blocked, both
+    pages render the operations."""
+    url = seeded["server"].url
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    remote: list[str] = []
+
+    def only_local(route) -> None:
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            remote.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(f"{url}/docs")
+    page.wait_for_selector(".opblock")
+    assert page.locator(".opblock").count() >= 30
+    assert "/v1/collections/{name}/query" in page.inner_text("body").replace("\u200b", "")
+    page.goto(f"{url}/redoc")
+    page.wait_for_selector("[role=menuitem], li[data-item-id]", state="attached")
+    assert "/v1/collections/{name}/query" in page.content()
+    assert remote == [], remote
+    page.close()

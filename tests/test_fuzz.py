@@ -1,6 +1,8 @@
 """schemathesis over every operation of the OpenAPI, with the admin key, against a live server on
 SQLite and PostgreSQL that holds a lineage, a collection, an upgrade and a job: no request it
-generates may get a server error (5xx). Bounded: a fixed seed, a few examples per operation."""
+generates may get a server error (5xx), a status code the operation does not document, a body or
+content type that does not match the documented response, or a 2xx for data the schema forbids.
+Bounded: a fixed seed, a few examples per operation."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from tests.helpers import make_collection, make_model, upsert
 
 KEY = "fuzz-admin-key"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+CHECKS = ",".join(["not_a_server_error", "status_code_conformance", "content_type_conformance",
+                   "response_schema_conformance", "response_headers_conformance", "negative_data_rejection"])
 
 
 # Path parameters that name what the seeded server holds, so that generated requests reach the
@@ -62,7 +66,7 @@ def test_no_generated_request_gets_a_server_error(seeded_server, tmp_path) -> No
     done = subprocess.run(
         [str(SCHEMATHESIS if SCHEMATHESIS.exists() else "schemathesis"), "--config-file", str(config), "run",
          f"{seeded_server.url}/openapi.json",
-         "--checks", "not_a_server_error", "--header", f"Authorization: Bearer {KEY}",
+         "--checks", CHECKS, "--header", f"Authorization: Bearer {KEY}",
          "--phases", "examples,coverage,fuzzing", "--max-examples", "12", "--seed", "7", "--workers", "1",
          "--request-timeout", "20", "--max-time", "12", "--report", "junit", "--report-junit-path", str(report)],
         capture_output=True, text=True, timeout=55, check=False, cwd=tmp_path,  # its cache stays there

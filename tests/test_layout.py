@@ -48,6 +48,20 @@ def test_application_layer_never_imports_the_http_layer() -> None:
     assert not {f: m for f, m in offenders.items() if m}, "service/core must not import service/api"
 
 
+def test_the_store_never_imports_the_layers_above_it() -> None:
+    offenders = {f: sorted(m for m in mods if m.startswith(("service.core", "service.api")))
+                 for f, mods in _imported_modules("service/store").items()}
+    assert not {f: m for f, m in offenders.items() if m}, "service/store must not import service/core or api"
+
+
+def test_the_client_stands_alone() -> None:
+    """nobackfill.client talks HTTP only: it imports none of the server's packages."""
+    server = ("service", "index", "adapters", "migrations")
+    offenders = {f: sorted(m for m in mods if m.split(".")[0] in server)
+                 for f, mods in _imported_modules("nobackfill").items()}
+    assert not {f: m for f, m in offenders.items() if m}
+
+
 def test_no_module_but_deps_reads_app_state() -> None:
     """One way to reach the application objects: the accessors in service/api/deps.py."""
     readers = [str(p.relative_to(ROOT)) for p in (ROOT / "service").rglob("*.py")

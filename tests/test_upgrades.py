@@ -128,7 +128,8 @@ def test_rollback_switches_the_transformation_queries_use(client, upgraded) -> N
     v1, v2, coll = upgraded["names"]
     uid = upgraded["uid"]
     first = client.get(f"/v1/upgrades/{uid}").json()["active_transformation"]
-    job = train(client, uid, method="affine")
+    # earlier tests re-embedded labelled items into v2: they are pairs too, labelled by their payload
+    job = train(client, uid, method="affine", label_field="label")
     second = job["result"]["transformation_id"]
     r = client.post(f"/v1/upgrades/{uid}/activate", json={"transformation": second, "force": True})
     assert r.status_code == 200 and r.json()["active_transformation"] == second

@@ -200,7 +200,8 @@ class FaissBackend(IndexBackend):
     def tag(self, collection: int) -> int:
         return self._tags.get(collection, 0)
 
-    def search(self, collection: int, queries: Mapping[int, np.ndarray], k: int) -> dict[int, SearchResult]:
+    def search(self, collection: int, queries: Mapping[int, np.ndarray], k: int,
+               allowed: np.ndarray | None = None, effort: float = 1.0) -> dict[int, SearchResult]:
         self._apply_threads()
         with self._lock(collection).read():
             out: dict[int, SearchResult] = {}
@@ -210,8 +211,8 @@ class FaissBackend(IndexBackend):
                 if part is None:  # dropped (retired) after the query was planned: it holds nothing now
                     out[model] = SearchResult.empty(len(q), k)
                     continue
-                replica = self._gpu_replica(key, part) if self._gpu is not None else None
-                out[model] = part.search(q, k, via=replica)
+                replica = self._gpu_replica(key, part) if self._gpu is not None and allowed is None else None
+                out[model] = part.search(q, k, via=replica, allowed=allowed, effort=effort)
             return out
 
     def _gpu_replica(self, key: PartitionKey, part: FaissPartition) -> faiss.Index | None:

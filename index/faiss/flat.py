@@ -27,8 +27,14 @@ class FlatPartition(FaissPartition):
     def _compared_per_query(self) -> float:
         return len(self)
 
-    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None) -> tuple[np.ndarray, np.ndarray]:
-        return (via if via is not None else self.index).search(q, k)
+    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None,
+                       effort: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        return (via if via is not None else self.index).search(q, k)  # exact: effort changes nothing
+
+    def _search_allowed(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact by construction: the scan skips every id the selector does not hold."""
+        sel = faiss.IDSelectorBatch(allowed)
+        return self.index.search(q, k, params=faiss.SearchParameters(sel=sel))
 
     def _add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         self.index.add_with_ids(vecs, ids)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from index.faiss.partition import FaissPartition, faiss_metric
+from index.faiss.partition import FaissPartition, exact_top_k, faiss_metric
 
 _DEAD_COMPACT_FRACTION = 0.2
 _DEAD_COMPACT_MIN = 1_000
+EXACT_FILTER_MAX = 4_096  # at most this many allowed vectors: scored exactly (bench/filters.py)
+MAX_FILTER_EF = 4_096
 
 
 class HnswPartition(FaissPartition):
@@ -48,8 +50,10 @@ class HnswPartition(FaissPartition):
     def _compared_per_query(self) -> float:
         return min(len(self), self.spec.hnsw_ef_search * self.spec.hnsw_m * 2)
 
-    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None) -> tuple[np.ndarray, np.ndarray]:
-        params = faiss.SearchParametersHNSW(efSearch=self.spec.hnsw_ef_search)
+    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None,
+                       effort: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        ef = int(min(max(MAX_FILTER_EF, self.spec.hnsw_ef_search), self.spec.hnsw_ef_search * max(1.0, effort)))
+        params = faiss.SearchParametersHNSW(efSearch=ef)
         if len(self._slot_of) < len(self.slot_live):  # some slots are dead
             if self._bitmap is None:
                 self._bitmap = np.packbits(self.slot_live, bitorder="little")
@@ -58,6 +62,29 @@ class HnswPartition(FaissPartition):
             params._keep = (sel, self._bitmap)  # keep both alive while FAISS uses them
         scores, slots = self.index.search(q, k, params=params)
         return scores, np.where(slots >= 0, self.slot_ids[slots], -1)
+
+    def _search_allowed(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Few allowed vectors: score them exactly (a filtered graph walk finds too few of them in
+        `efSearch` steps). Many: walk the graph over a bitmap of their slots, with `efSearch`
+        widened by the inverse of the allowed fraction so the walk collects as many candidates
+        as an unfiltered one."""
+        slots = np.fromiter((s for i in allowed.tolist() if (s := self._slot_of.get(i)) is not None), dtype=np.int64)
+        if not len(slots):
+            return np.full((len(q), k), np.inf if self.metric == "l2" else -np.inf, np.float32), \
+                np.full((len(q), k), -1, np.int64)
+        k = min(k, len(slots))
+        if len(slots) <= EXACT_FILTER_MAX:
+            scores, found = exact_top_k(q, slots, self.index.reconstruct_batch(slots), k, self.metric)
+            return scores, self.slot_ids[found]
+        chosen = np.zeros(len(self.slot_live), dtype=bool)
+        chosen[slots] = True
+        bitmap = np.packbits(chosen, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(chosen), faiss.swig_ptr(bitmap))
+        fraction = len(slots) / len(self)
+        ef = int(min(MAX_FILTER_EF, max(self.spec.hnsw_ef_search, k, self.spec.hnsw_ef_search / fraction)))
+        params = faiss.SearchParametersHNSW(efSearch=ef, sel=sel)
+        scores, found = self.index.search(q, k, params=params)
+        return scores, np.where(found >= 0, self.slot_ids[found], -1)
 
     def _add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         if any(int(i) in self._slot_of for i in ids):

@@ -52,10 +52,23 @@ class IvfPartition(FlatPartition):
             return len(self)
         return self.index.nlist + len(self) * min(1.0, self.spec.ivf_nprobe / self.index.nlist)
 
-    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None,
+                       effort: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         if via is not None or not self.trained:
             return super()._search_labels(q, k, via)
-        return self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=self.spec.ivf_nprobe))
+        nprobe = min(self.index.nlist, math.ceil(self.spec.ivf_nprobe * max(1.0, effort)))
+        return self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+
+    def _search_allowed(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probe more lists the fewer ids are allowed: nprobe lists hold about nprobe/nlist of the
+        partition, so with a fraction f allowed, nprobe/f lists hold as many candidates as an
+        unfiltered search sees (all lists at f <= nprobe/nlist: then the search is exact)."""
+        if not self.trained:
+            return super()._search_allowed(q, k, allowed)
+        fraction = min(1.0, len(allowed) / max(1, len(self)))
+        nprobe = min(self.index.nlist, max(self.spec.ivf_nprobe, math.ceil(self.spec.ivf_nprobe / fraction)))
+        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=faiss.IDSelectorBatch(allowed))
+        return self.index.search(q, k, params=params)
 
     def _needs_rebuild(self) -> bool:
         return not self.trained and self.index.ntotal >= self.spec.ivf_train_min

@@ -38,6 +38,19 @@ def flat_index(dim: int, metric: Metric) -> faiss.Index:
     return faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
 
 
+def exact_top_k(q: np.ndarray, ids: np.ndarray, vecs: np.ndarray, k: int, metric: Metric) -> tuple[np.ndarray,
+                                                                                                np.ndarray]:
+    """(raw FAISS-convention scores, ids) of the k best of a small candidate set, exactly: inner
+    product for ip / cosine (vectors prepared), squared distance (lower is better) for l2."""
+    if metric == "l2":
+        raw = (q * q).sum(1)[:, None] - 2 * q @ vecs.T + (vecs * vecs).sum(1)[None, :]
+        order = np.argsort(raw, axis=1, kind="stable")[:, :k]
+    else:
+        raw = q @ vecs.T
+        order = np.argsort(-raw, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(raw, order, axis=1).astype(np.float32), ids[order]
+
+
 def prepare_vectors(vectors: np.ndarray, metric: Metric) -> np.ndarray:
     """Contiguous float32, L2-normalised for cosine (zero vectors stay zero)."""
     out = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -84,8 +97,15 @@ class FaissPartition(ABC):
         """How many stored vectors one query is compared with (for `search_cost`)."""
 
     @abstractmethod
-    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None) -> tuple[np.ndarray, np.ndarray]:
-        """(raw FAISS scores, caller ids or -1) for prepared queries."""
+    def _search_labels(self, q: np.ndarray, k: int, via: faiss.Index | None,
+                       effort: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(raw FAISS scores, caller ids or -1) for prepared queries; `effort` multiplies the
+        spec's search breadth (efSearch, nprobe) for a deeper search than the spec was set for."""
+
+    @abstractmethod
+    def _search_allowed(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like `_search_labels`, over the `allowed` ids only (on the CPU index: GPU indexes here
+        take no id selector)."""
 
     @abstractmethod
     def _add(self, ids: np.ndarray, vecs: np.ndarray) -> None: ...
@@ -119,21 +139,29 @@ class FaissPartition(ABC):
         """Approximate multiply-adds for one query: vectors compared times dimension."""
         return int(self._compared_per_query() * self.dim)
 
-    def search(self, queries: np.ndarray, k: int, via: faiss.Index | None = None) -> SearchResult:
-        """Top-k search; `via` runs it on a replica of this index (a GPU copy) instead."""
+    def search(self, queries: np.ndarray, k: int, via: faiss.Index | None = None,
+               allowed: np.ndarray | None = None, effort: float = 1.0) -> SearchResult:
+        """Top-k search; `via` runs it on a replica of this index (a GPU copy) instead.
+
+        `allowed` (sorted ids): only those may be returned (a payload pre-filter). Each kind
+        searches them so that recall stays that of an unfiltered search (`_search_allowed`).
+        `effort` (>= 1) widens an approximate search (IndexBackend.search)."""
         q = prepare_vectors(queries, self.metric)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (n, {self.dim}), got {q.shape}")
-        if len(self) == 0:
+        if len(self) == 0 or (allowed is not None and len(allowed) == 0):
             return SearchResult(np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
-        k_eff = min(k, len(self))
-        scores, ids = self._search_labels(q, k_eff, via)
+        k_eff = min(k, len(self) if allowed is None else min(len(self), len(allowed)))
+        if allowed is None:
+            scores, ids = self._search_labels(q, k_eff, via, effort)
+        else:
+            scores, ids = self._search_allowed(q, k_eff, np.ascontiguousarray(allowed, dtype=np.int64))
         if self.metric == "l2":
             scores = -scores
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-        if k_eff < k:  # pad to the requested width so callers can stack results
-            scores = np.pad(scores, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
+        if ids.shape[1] < k:  # pad to the requested width so callers can stack results
+            scores = np.pad(scores, ((0, 0), (0, k - ids.shape[1])), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
         return SearchResult(scores=scores, ids=ids)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:

@@ -61,6 +61,7 @@ ID_FIELD, VECTOR_FIELD, TAG_FIELD = "id", "vector", "tag"
 CONFIG_PROPERTY = "nobackfill.partition"
 CONFIG_FORMAT = 1
 MAX_TOP_K = 16_384  # Milvus' limit on `limit`
+MAX_FILTER_IDS = 16_384  # an `id in [...]` pre-filter longer than this is post-filtered by the caller instead
 QUERY_CHUNK = 1_024  # query vectors per search call
 DELETE_CHUNK = 10_000  # ids per delete expression
 WRITE_CHUNK_BYTES = 8 * 1024 * 1024  # far below Milvus' 64 MB gRPC message limit
@@ -379,9 +380,18 @@ class MilvusBackend(IndexBackend):
         rows = self._client.query(tags_name(self.prefix), ids=[collection], output_fields=[TAG_FIELD])
         return int(rows[0][TAG_FIELD]) if rows else 0
 
-    def search(self, collection: int, queries: Mapping[int, np.ndarray], k: int) -> dict[int, SearchResult]:
+    max_allowed_ids = MAX_FILTER_IDS
+    max_k = MAX_TOP_K
+
+    def search(self, collection: int, queries: Mapping[int, np.ndarray], k: int,
+               allowed: np.ndarray | None = None, effort: float = 1.0) -> dict[int, SearchResult]:
         if not 1 <= k <= MAX_TOP_K:
             raise ValueError(f"k must be between 1 and {MAX_TOP_K} on Milvus, got {k}")
+        if allowed is not None and len(allowed) > MAX_FILTER_IDS:
+            raise ValueError(f"at most {MAX_FILTER_IDS} allowed ids on Milvus, got {len(allowed)}")
+        # Milvus filters inside the search (a bitset over the segment), so ANN recall holds.
+        expr = None if allowed is None else f"{ID_FIELD} in [{','.join(map(str, np.asarray(allowed).tolist()))}]"
+        sizes = self.sizes(collection) if allowed is not None else {}  # read before the lock: it is not re-entrant
         with self._lock(collection).read():
             out: dict[int, SearchResult] = {}
             for model, q in queries.items():
@@ -390,17 +400,22 @@ class MilvusBackend(IndexBackend):
                 q = np.ascontiguousarray(q, dtype=np.float32)
                 if q.ndim != 2 or q.shape[1] != config.dim:
                     raise ValueError(f"queries must have shape (n, {config.dim}), got {q.shape}")
-                out[model] = self._search_one(self._name(key), config, q, k)
+                widen = effort
+                if allowed is not None and len(allowed):  # 1 / the allowed fraction of this partition
+                    widen = max(effort, sizes.get(model, 0) / len(allowed))
+                out[model] = (SearchResult.empty(len(q), k) if allowed is not None and not len(allowed)
+                              else self._search_one(self._name(key), config, q, k, expr, widen))
             return out
 
-    def _search_one(self, name: str, config: PartitionConfig, q: np.ndarray, k: int) -> SearchResult:
+    def _search_one(self, name: str, config: PartitionConfig, q: np.ndarray, k: int,
+                    expr: str | None = None, effort: float = 1.0) -> SearchResult:
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         ids = np.full((len(q), k), -1, dtype=np.int64)
-        params = search_params(config.spec, config.metric, k)
+        params = search_params(config.spec, config.metric, k, effort)
         sign = -1.0 if config.metric == "l2" else 1.0  # L2 comes back as a squared distance
         for start in range(0, len(q), QUERY_CHUNK):
             rows = self._client.search(name, data=list(q[start : start + QUERY_CHUNK]), limit=k,
-                                       search_params=params, output_fields=[ID_FIELD])
+                                       search_params=params, output_fields=[ID_FIELD], filter=expr or "")
             for offset, hits in enumerate(rows):
                 for j, hit in enumerate(hits[:k]):
                     ids[start + offset, j] = hit["id"]

@@ -11,6 +11,8 @@ backend negates L2 so every score is higher-is-better, as `SearchResult` promise
 
 from __future__ import annotations
 
+import math
+
 from index.backend import IndexSpec, Metric
 
 MILVUS_METRIC: dict[str, str] = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
@@ -28,11 +30,21 @@ def index_params(spec: IndexSpec) -> tuple[str, dict[str, int]]:
     raise ValueError(f"unknown index kind {spec.kind!r}")
 
 
-def search_params(spec: IndexSpec, metric: Metric, k: int) -> dict:
-    """Search-time parameters. HNSW's ef must be at least k in Milvus, as it is in FAISS in effect."""
+MAX_FILTER_EF = 4_096
+
+
+def search_params(spec: IndexSpec, metric: Metric, k: int, effort: float = 1.0) -> dict:
+    """Search-time parameters. HNSW's ef must be at least k in Milvus, as it is in FAISS in effect.
+
+    `effort` multiplies ef (HNSW) and nprobe (IVF): under an id filter that allows a fraction f
+    of the partition it is 1/f, so the filtered walk meets as many allowed candidates as an
+    unfiltered one meets vectors; a deep post-filter search asks for it too (IndexBackend.search;
+    the FAISS backend does the same: index/faiss/hnsw.py, ivf.py)."""
     params: dict[str, int] = {}
+    widen = max(1.0, effort)
     if spec.kind == "hnsw":
-        params["ef"] = max(spec.hnsw_ef_search, k)
+        params["ef"] = int(min(max(MAX_FILTER_EF, k), max(spec.hnsw_ef_search, k, spec.hnsw_ef_search * widen)))
     elif spec.kind == "ivf":
-        params["nprobe"] = spec.ivf_nprobe
+        nlist = spec.ivf_nlist or DEFAULT_NLIST
+        params["nprobe"] = int(min(nlist, max(spec.ivf_nprobe, math.ceil(spec.ivf_nprobe * widen))))
     return {"metric_type": MILVUS_METRIC[metric], "params": params}

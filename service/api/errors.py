@@ -35,7 +35,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": field_path(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()[:20]]
+        errors = [{"field": field_path(tuple(e["loc"])), "message": e["msg"].removeprefix("Value error, ")}
+                  for e in exc.errors()[:20]]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"error": "invalid", "detail": detail, "field": errors[0]["field"] if errors else "body",
                              "errors": errors}, status_code=422)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from adapters import servable
 from service.api.ids import RowIdField
@@ -15,7 +17,68 @@ Name = Field(pattern=NAME_PATTERN, description="Letters, digits and _ . : @ -, u
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, and no coercion (a number is a JSON number, a flag is
+    true or false, never "1" or "yes")."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _check_id(value: str) -> str:
+    """Item and pair ids are taken exactly as sent -- no trimming, no Unicode normalisation (NFC and
+    NFD spellings are two ids) -- so what a client stores is what it gets back; ids that cannot be
+    told apart on a screen or in a log are refused: whitespace only, or holding a control character."""
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    for position, char in enumerate(value):
+        if unicodedata.category(char) == "Cc":
+            raise ValueError(f"must not contain control characters (U+{ord(char):04X} at position {position})")
+    return value
+
+
+ItemId = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_check_id)]
+
+_PAYLOAD_DEPTH = 32
+
+
+def _check_payload(value: dict[str, Any]) -> dict[str, Any]:
+    """What every store can hold and give back unchanged: no NaN or infinity (not JSON), no NUL
+    character in a key or string (PostgreSQL's jsonb refuses it), nesting up to 32 levels."""
+    stack: list[tuple[Any, str, int]] = [(value, "payload", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > _PAYLOAD_DEPTH:
+            raise ValueError(f"nests deeper than {_PAYLOAD_DEPTH} levels at {where}")
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if "\x00" in key:
+                    raise ValueError(f"has a key with a NUL character at {where}")
+                stack.append((child, f"{where}.{key}", depth + 1))
+        elif isinstance(node, list):
+            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(node))
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"holds a non-finite number at {where}")
+        elif isinstance(node, str) and "\x00" in node:
+            raise ValueError(f"holds a string with a NUL character at {where}")
+    return value
+
+
+Payload = Annotated[dict[str, Any], AfterValidator(_check_payload)]
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body."""
+
+    error: str = Field(description="A stable code: invalid, not_found, conflict, unauthorized, forbidden, "
+                                   "too_large, unsupported_media_type, too_many_requests, unavailable, ...")
+    detail: str = Field(description="What is wrong, in words.")
+    field: str | None = Field(None, description="The offending field: a dotted path into the body (items[3].vector), "
+                                                "a parameter or header name.")
+    errors: list[FieldError] | None = Field(None, description="Validation errors: every offending field (up to 20).")
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -90,15 +153,17 @@ class CollectionOut(BaseModel):
         description="Re-embedded items whose vector in an older version is kept (and searched) until that "
                     "version is retired: one extra vector each.")
     partitions: list[PartitionOut] = Field(default_factory=list)
+    payload_indexes: list[str] = Field(default_factory=list, description="Payload fields indexed for filters.")
     created_at: datetime
 
 
 # ---- items -------------------------------------------------------------------------------------
 class ItemIn(_Strict):
-    id: str = Field(min_length=1, max_length=512)
+    id: ItemId
     vector: list[float] | None = None
     vector_b64: str | None = Field(None, description="Base64 of little-endian float32 values.")
-    payload: dict[str, Any] | None = None
+    payload: Payload | None = Field(None, description="Any JSON object (at most MAX_PAYLOAD_BYTES as compact JSON); "
+                                                      "returned with hits and usable in query filters.")
 
     @model_validator(mode="after")
     def _one_vector(self) -> ItemIn:
@@ -135,6 +200,91 @@ class ItemOut(BaseModel):
     vector: list[float] | None = None
 
 
+# ---- payload filters (semantics: service/store/filters.py) ---------------------------------------
+FIELD_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,7}$"
+FieldPath = Annotated[str, Field(pattern=FIELD_PATH_PATTERN, description="A payload key, or a dotted path into "
+                                 "nested objects; each key starts with a letter or _, then letters, digits, _ "
+                                 "or -; up to 8 levels.")]
+FilterScalar = str | int | float | bool
+
+
+class EqFilter(_Strict):
+    field: FieldPath
+    eq: FilterScalar = Field(description="Type-exact: \"1\" is not 1, true is not 1; 1 equals 1.0.")
+
+
+class InFilter(_Strict):
+    field: FieldPath
+    in_: list[FilterScalar] = Field(alias="in", min_length=1, max_length=1_024)
+
+
+class RangeBounds(_Strict):
+    gt: int | float | None = None
+    gte: int | float | None = None
+    lt: int | float | None = None
+    lte: int | float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> RangeBounds:
+        bounds = [b for b in (self.gt, self.gte, self.lt, self.lte) if b is not None]
+        if not bounds:
+            raise ValueError("give at least one of gt, gte, lt, lte")
+        if not all(math.isfinite(b) for b in bounds):
+            raise ValueError("bounds must be finite numbers")
+        return self
+
+
+class RangeFilter(_Strict):
+    field: FieldPath
+    range: RangeBounds = Field(description="Numbers only: a payload value that is not a number never matches.")
+
+
+class ExistsFilter(_Strict):
+    field: FieldPath
+    exists: bool = Field(description="true: present and not null; false: missing or null.")
+
+
+class AndFilter(_Strict):
+    and_: list[PayloadFilter] = Field(alias="and", min_length=1, max_length=32)
+
+
+class OrFilter(_Strict):
+    or_: list[PayloadFilter] = Field(alias="or", min_length=1, max_length=32)
+
+
+class NotFilter(_Strict):
+    not_: PayloadFilter = Field(alias="not")
+
+
+_FILTER_KEYS = ("and", "or", "not", "eq", "in", "range", "exists")
+
+
+def _filter_kind(value: Any) -> str | None:
+    """Which filter a JSON object is, by the key it carries (a clear error when it has none)."""
+    if isinstance(value, dict):
+        return next((key for key in _FILTER_KEYS if key in value), None)
+    for key, attr in (("and", "and_"), ("or", "or_"), ("not", "not_"), ("in", "in_")):
+        if hasattr(value, attr):
+            return key
+    return next((key for key in ("eq", "range", "exists") if hasattr(value, key)), None)
+
+
+PayloadFilter = Annotated[
+    Annotated[AndFilter, Tag("and")] | Annotated[OrFilter, Tag("or")] | Annotated[NotFilter, Tag("not")]
+    | Annotated[EqFilter, Tag("eq")] | Annotated[InFilter, Tag("in")] | Annotated[RangeFilter, Tag("range")]
+    | Annotated[ExistsFilter, Tag("exists")],
+    Discriminator(_filter_kind, custom_error_type="filter_kind",
+                  custom_error_message="a filter needs one of the keys and, or, not, eq, in, range, exists"),
+]
+for _model in (AndFilter, OrFilter, NotFilter):
+    _model.model_rebuild()
+
+
+class PayloadIndexOut(BaseModel):
+    field: str
+    created_at: datetime
+
+
 # ---- queries -----------------------------------------------------------------------------------
 class QueryRequest(_Strict):
     model: str = Field(description="The model version that embedded the query.")
@@ -144,6 +294,9 @@ class QueryRequest(_Strict):
     vectors_b64: str | None = Field(None, description="A batch: base64 of n·dim little-endian float32.")
     k: int = Field(10, ge=1, le=1_000)
     include_payload: bool = True
+    filter: PayloadFilter | None = Field(
+        None, description="Only items whose payload matches (docs/filters.md): conditions eq, in, range, exists "
+                          "on a field, combined with and / or / not; type-exact.")
 
     @model_validator(mode="after")
     def _one_input(self) -> QueryRequest:
@@ -190,6 +343,15 @@ class QueryResult(BaseModel):
     hits: list[Hit]
 
 
+class FilterReport(BaseModel):
+    plan: Literal["pre-filter", "post-filter"] = Field(
+        description="post-filter: the filter was applied to the hits of a (wider) search; pre-filter: a selective "
+                    "filter's matching items were read from the database and only they were searched.")
+    matching: int | None = Field(None, description="pre-filter: how many items match.")
+    fetched: int | None = Field(None, description="post-filter: hits asked of each partition in the last search.")
+    searches: int = Field(description="Index searches the query took (1 when the first one found k matches).")
+
+
 class QueryOut(BaseModel):
     model: str
     k: int
@@ -199,13 +361,14 @@ class QueryOut(BaseModel):
     skipped: list[PartitionReport] = Field(
         description="Partitions with items this query could not be compared with (no path yet)."
     )
+    filter: FilterReport | None = Field(None, description="With a filter: how it was applied.")
 
 
 # ---- upgrades ----------------------------------------------------------------------------------
 class PairsUpload(_Strict):
     """Training pairs: row i of old and new embeds the same item. Give each side as JSON rows or base64."""
 
-    ids: list[str] | None = Field(None, description="Optional pair ids; re-sending an id replaces that pair.")
+    ids: list[ItemId] | None = Field(None, description="Optional pair ids; re-sending an id replaces that pair.")
     old_vectors: list[list[float]] | None = None
     old_vectors_b64: str | None = Field(None, description="Base64 of n·d_old little-endian float32.")
     new_vectors: list[list[float]] | None = None
@@ -218,8 +381,6 @@ class PairsUpload(_Strict):
             given = [getattr(self, f"{side}_vectors") is not None, getattr(self, f"{side}_vectors_b64") is not None]
             if sum(given) != 1:
                 raise ValueError(f"give exactly one of {side}_vectors, {side}_vectors_b64")
-        if self.ids is not None and any(not (1 <= len(i) <= 512) for i in self.ids):
-            raise ValueError("ids must be 1 to 512 characters")
         if self.labels is not None and any(len(str(v)) > 256 for v in self.labels):
             raise ValueError("labels must be at most 256 characters")
         return self

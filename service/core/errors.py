@@ -47,6 +47,11 @@ class TooLarge(ApiError):
     code = "too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class Unavailable(ApiError):
     status_code = 503
     code = "unavailable"

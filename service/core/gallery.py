@@ -22,11 +22,12 @@ import numpy as np
 from index import IndexBackend, IndexSpec, PartitionKey, PartitionState, PartitionWrite
 from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound, Unavailable
+from service.core.filtered import FilterPlan, drop_unmatched
 from service.core.hit_cache import HitCache
 from service.core.index_sync import reconcile_collection, repair_dead_writes
 from service.core.merge import PartitionHits, Reach, merge_row
 from service.core.transform_graph import Route, TransformGraph
-from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome
+from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome, filters
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class QueryOutcome:
     hits: list[list[ScoredHit]]
     searched: dict[int, SearchedPartition] = field(default_factory=dict)  # model id -> how
     skipped: dict[int, int] = field(default_factory=dict)  # model id -> items (no route)
+    filter_plan: dict | None = None  # with a filter: how it ran (filtered.FilterPlan.report)
 
 
 class IndexBehind(Unavailable):
@@ -272,7 +274,7 @@ class Gallery:
         return sum(n_queries * self.backend.search_cost(PartitionKey(collection.id, mid)) for mid in sizes)
 
     def plan_query(self, collection: CollectionRecord, model: ModelRecord, queries: np.ndarray, k: int,
-                   include_payload: bool = True) -> QueryPlan:
+                   include_payload: bool = True, where: filters.Node | None = None) -> QueryPlan:
         """A query ready to run, with where it should run.
 
         Small searches run on the caller's event loop: a thread-pool hop costs more than a
@@ -281,8 +283,8 @@ class Gallery:
         serving other requests and FAISS, which releases the GIL, can use every core.
         """
         sizes = self.partition_sizes(collection)
-        inline = self.search_work(collection, sizes, len(queries)) <= self.inline_search_work
-        return QueryPlan(partial(self.query, collection, model, queries, k, include_payload, sizes), inline)
+        inline = where is None and self.search_work(collection, sizes, len(queries)) <= self.inline_search_work
+        return QueryPlan(partial(self.query, collection, model, queries, k, include_payload, sizes, where), inline)
 
     def query(
         self,
@@ -292,6 +294,7 @@ class Gallery:
         k: int,
         include_payload: bool = True,
         sizes: dict[int, int] | None = None,
+        where: filters.Node | None = None,
     ) -> QueryOutcome:
         """Search every partition the query model can reach and merge into one ranking.
 
@@ -300,6 +303,10 @@ class Gallery:
         with every item served from its best representation (merge.py). Partitions without a
         route are reported as skipped; if nothing is reachable the query is a 409 rather than a
         silently empty answer.
+
+        `where` (a payload filter) keeps only matching items (filtered.py): a first search drops
+        non-matching hits; short of k, it searches wider if the filter looks broad, or reads the
+        matching ids from SQL and searches only those if it looks selective.
         """
         self._require_ready()
         sizes = self.partition_sizes(collection) if sizes is None else sizes
@@ -323,8 +330,37 @@ class Gallery:
         per_partition = {
             mid: (part.route.apply(queries) if part.route.edges else queries) for mid, part in outcome.searched.items()
         }
+        reach = {mid: Reach(part.route.quality, part.route.ratios, part.route.holdout_pairs)
+                 for mid, part in outcome.searched.items()}
+        searched_sizes = {mid: part.items for mid, part in outcome.searched.items()}
+        plan = None if where is None else FilterPlan.start(k, max(searched_sizes.values()), self.backend.max_k,
+                                                             self.backend.max_allowed_ids)
+        while True:
+            results = self._search(collection, per_partition, k if plan is None else plan.fetch,
+                                   None if plan is None else plan.allowed, 1.0 if plan is None else plan.effort)
+            for mid, result in results.items():
+                route = outcome.searched[mid].route
+                if route.edges:
+                    result.scores = route.score_map(result.scores)
+            records = self._records(collection.id, results)
+            matched, examined = (0, 0) if where is None else drop_unmatched(results, records, where)
+            for qi in range(len(queries)):
+                parts = {mid: PartitionHits(mid, r.ids[qi], r.scores[qi]) for mid, r in results.items()}
+                merged = merge_row(model.id, parts, reach, searched_sizes, records, k)
+                outcome.hits[qi] = [ScoredHit(records[h.item_id].key, h.score, h.model_id,
+                                              records[h.item_id].payload if include_payload else None)
+                                    for h in merged]
+            if plan is None:
+                return outcome
+            if not plan.next_search(outcome.hits, matched, examined,
+                                    partial(self.store.matching_item_ids, collection.id, where)):
+                outcome.filter_plan = plan.report()
+                return outcome
+
+    def _search(self, collection: CollectionRecord, per_partition: dict[int, np.ndarray], k: int,
+                allowed: np.ndarray | None = None, effort: float = 1.0) -> dict:
         try:
-            results = self.backend.search(collection.id, per_partition, k)
+            return self.backend.search(collection.id, per_partition, k, allowed, effort)
         except (ValueError, KeyError):
             raise
         except Exception as exc:  # a remote engine down or unreachable (Milvus): retryable, not a bug
@@ -332,24 +368,15 @@ class Gallery:
                 raise
             raise Unavailable(f"the index of collection {collection.name!r} is unavailable: {type(exc).__name__}") \
                 from exc
-        for mid, result in results.items():
-            route = outcome.searched[mid].route
-            if route.edges:
-                result.scores = route.score_map(result.scores)
+
+    def _records(self, collection_id: int, results: dict) -> dict[int, HitRecord]:
+        """The database's records of every hit (cached), brought up to date with other writers."""
         found = np.unique(np.concatenate([r.ids.ravel() for r in results.values()]))
         wanted = found[found >= 0].tolist()
         if self.follow_other_writers:
-            self._follow(collection.id)
-        records = self.hits.resolve(collection.id, wanted, lambda ids: self.store.hits_by_id(collection.id, ids))
+            self._follow(collection_id)
+        records = self.hits.resolve(collection_id, wanted, lambda ids: self.store.hits_by_id(collection_id, ids))
         if self.follow_other_writers:
-            self._refresh_contradicted(collection.id, results, records)
-        reach = {mid: Reach(part.route.quality, part.route.ratios, part.route.holdout_pairs)
-                 for mid, part in outcome.searched.items()}
-        searched_sizes = {mid: part.items for mid, part in outcome.searched.items()}
-        for qi in range(len(queries)):
-            parts = {mid: PartitionHits(mid, r.ids[qi], r.scores[qi]) for mid, r in results.items()}
-            merged = merge_row(model.id, parts, reach, searched_sizes, records, k)
-            outcome.hits[qi] = [ScoredHit(records[h.item_id].key, h.score, h.model_id,
-                                          records[h.item_id].payload if include_payload else None) for h in merged]
-        return outcome
+            self._refresh_contradicted(collection_id, results, records)
+        return records
 

@@ -35,6 +35,7 @@ from service.core.errors import Conflict, Invalid, NotFound
 from service.core.jobs import JobContext
 from service.settings import Settings
 from service.store import JobRecord, Store, TransformationRecord, UpgradeRecord
+from service.store.upgrades import PartialLabels
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ class Upgrades:
                 raise Invalid(f"contains {dupes} repeated id(s)", "ids")
         if labels is not None and len(labels) != len(old):
             raise Invalid(f"has {len(labels)} labels for {len(old)} pairs", "labels")
-        return self.store.add_pairs(upgrade.id, keys, old, new, labels)
+        try:
+            return self.store.add_pairs(upgrade.id, keys, old, new, labels)
+        except PartialLabels as exc:
+            raise Invalid(f"would leave the upgrade's pairs partly labelled: {exc}", "labels") from None
 
     # ---- training policy ----------------------------------------------------------------------
     def check_policy(self, min_pairs: int, method: str) -> None:
@@ -159,6 +163,9 @@ class Upgrades:
                 f"upgrade {upgrade.id} has {total} training pairs ({counts['uploaded']} uploaded, "
                 f"{counts['from_items']} from re-embedded items); training needs at least "
                 f"{self.settings.min_training_pairs}", "pairs")
+        coverage = self.store.label_coverage(upgrade, label_field)
+        if coverage.partial:
+            raise Invalid(coverage.describe(), "label_field")
         return self._queue_training(upgrade, method, params, label_field, seed, trigger="request")
 
     def _queue_training(self, upgrade: UpgradeRecord, method: str, params: dict[str, Any], label_field: str | None,
@@ -182,6 +189,9 @@ class Upgrades:
         ctx.progress(0.01, "loading training pairs")
         pairs = self.store.load_pairs(upgrade, old_model.dim, new_model.dim, p.get("label_field"))
         trigger = p.get("trigger", "request")
+        coverage = self.store.label_coverage(upgrade, p.get("label_field"))
+        if coverage.partial:  # a policy-started run cannot answer 422; it says why it trains without labels
+            ctx.log(f"training without labels: {coverage.describe()}")
         ctx.log(f"{len(pairs.old)} pairs ({pairs.uploaded} uploaded, {pairs.from_items} from re-embedded items), "
                 f"labels: {'yes' if pairs.labels is not None else 'no'}; started by "
                 f"{'the training policy' if trigger == 'policy' else 'a request'}")

@@ -20,17 +20,18 @@ from service.store.items import (
 )
 from service.store.jobs import TERMINAL, JobRecord, JobStore
 from service.store.journal import Journal, JournalStore
+from service.store.payload_indexes import PayloadIndexRecord, PayloadIndexStore
 from service.store.sessions import SessionRecord, SessionStore
 from service.store.upgrades import PairSet, TransformationRecord, UpgradeRecord, UpgradeStore
 
 
-class Store(ItemStore, UpgradeStore, JobStore, JournalStore, SessionStore):
+class Store(ItemStore, UpgradeStore, JobStore, JournalStore, SessionStore, PayloadIndexStore):
     """All persistent state of the service (SQLite or PostgreSQL through SQLAlchemy)."""
 
 
 __all__ = [
     "TERMINAL", "AlreadyExists", "CollectionRecord", "HitRecord", "ItemRecord", "JobRecord", "Journal",
-    "ModelRecord",
+    "ModelRecord", "PayloadIndexRecord",
     "PairSet", "SessionRecord", "Store", "TransformationRecord", "UpgradeRecord", "UpsertOutcome", "decode_vectors",
     "encode_vector",
 ]

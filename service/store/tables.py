@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -63,6 +64,10 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
 
 
+# Payloads are jsonb on PostgreSQL (type-exact equality and expression indexes for filters).
+PayloadJSON = JSON().with_variant(JSONB(), "postgresql")
+
+
 class Collection(Base):
     """A gallery. `seq` is its change counter: every written vector gets the next value."""
 
@@ -97,8 +102,21 @@ class Item(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), nullable=False)
     seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
     vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
-    payload: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    payload: Mapped[dict | None] = mapped_column(PayloadJSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
+
+
+class PayloadIndex(Base):
+    """A payload field a collection's filters use often, declared so the database indexes it
+    (an expression index per field: service/store/payload_filter.py). `field` is the dotted path."""
+
+    __tablename__ = "payload_indexes"
+    __table_args__ = (UniqueConstraint("collection_id", "field", name="uq_payload_indexes_collection_field"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), nullable=False)
+    field: Mapped[str] = mapped_column(String(520), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
 
 
 class ItemHistory(Base):

@@ -56,6 +56,14 @@ class TransformationRecord:
     activated_at: datetime | None
 
 
+class PartialLabels(ValueError):
+    """Some of an upgrade's pairs have labels and some do not."""
+
+    def __init__(self, coverage: LabelCoverage) -> None:
+        super().__init__(coverage.describe())
+        self.coverage = coverage
+
+
 @dataclass
 class PairSet:
     """Training pairs of an upgrade: rows of `old` and `new` embed the same item."""
@@ -65,6 +73,26 @@ class PairSet:
     labels: np.ndarray | None  # only when every pair has one
     uploaded: int
     from_items: int
+
+
+@dataclass(frozen=True)
+class LabelCoverage:
+    """How many of an upgrade's training pairs carry a class label, and the first that does not.
+
+    Label-aware losses need a label on every pair; a set where only some have one is refused rather
+    than trained without labels behind the caller's back."""
+
+    pairs: int
+    labelled: int
+    first_unlabelled: str | None  # e.g. "uploaded pair 300 (id 'p300')" or "item 'x'"
+
+    @property
+    def partial(self) -> bool:
+        return 0 < self.labelled < self.pairs
+
+    def describe(self) -> str:
+        return (f"{self.labelled} of {self.pairs} training pairs have a label but {self.first_unlabelled} has "
+                f"none; give every pair a label, or none")
 
 
 def _upgrade(row: Upgrade) -> UpgradeRecord:
@@ -168,7 +196,44 @@ class UpgradeStore:
                 for i in range(len(old))
             ]
             s.execute(insert(UpgradePair), rows)
+            coverage = self._uploaded_coverage(s, upgrade_id)
+            if coverage.partial:  # raising rolls the batch back
+                raise PartialLabels(coverage)
         return len(old) - replaced, replaced
+
+    @staticmethod
+    def _uploaded_coverage(s, upgrade_id: int) -> LabelCoverage:
+        where = UpgradePair.upgrade_id == upgrade_id
+        total = int(s.scalar(select(func.count()).select_from(UpgradePair).where(where)) or 0)
+        labelled = int(s.scalar(select(func.count()).select_from(UpgradePair).where(
+            where, UpgradePair.label.is_not(None))) or 0)
+        first = None
+        if labelled < total:
+            pair_id, key = s.execute(select(UpgradePair.id, UpgradePair.key).where(where, UpgradePair.label.is_(None))
+                                     .order_by(UpgradePair.id).limit(1)).one()
+            position = int(s.scalar(select(func.count()).select_from(UpgradePair).where(
+                where, UpgradePair.id < pair_id)) or 0)
+            first = f"uploaded pair {position}" + (f" (id {key!r})" if key is not None else "")
+        return LabelCoverage(total, labelled, first)
+
+    def label_coverage(self, upgrade: UpgradeRecord, label_field: str | None) -> LabelCoverage:
+        """Labels over every training pair `load_pairs` would return (uploads, then re-embedded items,
+        labelled by `payload[label_field]`)."""
+        with self._sessions() as s:
+            uploaded = self._uploaded_coverage(s, upgrade.id)
+            items = labelled_items = 0
+            first = uploaded.first_unlabelled
+            for key, payload in s.execute(
+                select(Item.key, Item.payload).join(ItemHistory, Item.id == ItemHistory.item_id)
+                .where(ItemHistory.model_id == upgrade.old_model_id, Item.model_id == upgrade.new_model_id)
+                .order_by(Item.id)
+            ):
+                items += 1
+                if label_field and (payload or {}).get(label_field) is not None:
+                    labelled_items += 1
+                elif first is None:
+                    first = f"re-embedded item {key!r}" + ("" if label_field else " (no label_field given)")
+        return LabelCoverage(uploaded.pairs + items, uploaded.labelled + labelled_items, first)
 
     def _item_pairs_query(self, old_model_id: int, new_model_id: int):
         return (

@@ -6,23 +6,29 @@ from collections.abc import Callable
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from index import IndexSpec
 from service.api import deps
 from service.api.auth import bearer, require_admin, require_reader
-from service.api.json_body import json_body, openapi_body
+from service.api.filter_input import to_filter
+from service.api.json_body import JsonBody, json_body
+from service.api.openapi import errors
 from service.api.schemas import (
+    FIELD_PATH_PATTERN,
     BackfillOut,
     CollectionCreate,
     CollectionOut,
+    FilterReport,
     Hit,
     IndexOptions,
     ItemOut,
     PartitionOut,
     PartitionReport,
+    PayloadIndexOut,
     QueryOut,
     QueryRequest,
     QueryResult,
@@ -33,10 +39,10 @@ from service.api.schemas import (
 )
 from service.api.vectors import check_matrix, decode_b64, read_matrix, stack_rows
 from service.core.catalog import Catalog
-from service.core.errors import Invalid, TooLarge
+from service.core.errors import Invalid, NotFound, TooLarge
 from service.core.gallery import Gallery, QueryOutcome, SearchedPartition
 from service.settings import Settings
-from service.store import CollectionRecord
+from service.store import CollectionRecord, PayloadIndexRecord
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -52,6 +58,7 @@ def collection_out(collection: CollectionRecord, catalog: Catalog, gallery: Gall
         items_per_model={catalog.model_by_id(mid).name: n for mid, n in counts.items()},
         kept_per_model={catalog.model_by_id(mid).name: n
                         for mid, n in catalog.store.kept_counts(collection.id).items()},
+        payload_indexes=[r.field for r in catalog.store.payload_indexes(collection.id)],
         partitions=[PartitionOut(model=catalog.model_by_id(mid).name, vectors=st.vectors, structure=st.structure,
                                  rebuilding=st.rebuilding) for mid, st in sorted(states.items())],
         created_at=collection.created_at,
@@ -59,8 +66,8 @@ def collection_out(collection: CollectionRecord, catalog: Catalog, gallery: Gall
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut,
-             dependencies=[Depends(require_admin)])
-def create_collection(body: CollectionCreate, catalog: deps.CatalogDep,
+             dependencies=[Depends(require_admin)], responses=errors(404, 409))
+def create_collection(body: JsonBody(CollectionCreate), catalog: deps.CatalogDep,
                       gallery: deps.GalleryDep) -> CollectionOut:
     spec = IndexSpec.from_dict(body.index.model_dump())
     return collection_out(catalog.create_collection(body.name, body.model, spec), catalog, gallery)
@@ -81,10 +88,10 @@ def get_collection(name: str, catalog: deps.CatalogDep,
 
 # ---- items ---------------------------------------------------------------------------------------
 @router.post("/{name}/items", response_model=UpsertOut, dependencies=[Depends(require_admin)],
-             openapi_extra=openapi_body(UpsertRequest))
+             responses=errors(409, 503))
 def upsert_items(
     name: str,
-    body: Annotated[UpsertRequest, Depends(json_body(UpsertRequest))],
+    body: JsonBody(UpsertRequest),
     catalog: deps.CatalogDep,
     gallery: deps.GalleryDep,
     settings: deps.SettingsDep,
@@ -96,13 +103,16 @@ def upsert_items(
         raise TooLarge(f"has {len(body.items)} items; the limit is {settings.max_batch_items}", "items")
     fields, rows = [], []
     for i, item in enumerate(body.items):
+        if item.payload is not None and len(to_json(item.payload)) > settings.max_payload_bytes:
+            raise TooLarge(f"is {len(to_json(item.payload))} bytes as JSON; the limit is {settings.max_payload_bytes} "
+                           "(MAX_PAYLOAD_BYTES)", f"items[{i}].payload")
         if item.vector_b64 is not None:
             fields.append(f"items[{i}].vector_b64")
             rows.append(decode_b64(item.vector_b64, fields[-1]))
         else:
             fields.append(f"items[{i}].vector")
             rows.append(np.asarray(item.vector, dtype=np.float32))
-    vectors = stack_rows(rows, model.dim, fields)
+    vectors = stack_rows(rows, model.dim, fields, model.metric)
     outcome = gallery.upsert(
         collection, model, [it.id for it in body.items], vectors, [it.payload for it in body.items],
         keep_previous=body.previous_vectors == "keep",
@@ -113,7 +123,8 @@ def upsert_items(
                      kept=outcome.kept)
 
 
-@router.get("/{name}/items/{item_id:path}", response_model=ItemOut, dependencies=[Depends(require_reader)])
+@router.get("/{name}/items/{item_id:path}", response_model=ItemOut, dependencies=[Depends(require_reader)],
+            responses=errors(503))
 def get_item(
     name: str,
     item_id: str,
@@ -132,7 +143,7 @@ def get_item(
 
 
 @router.delete("/{name}/items/{item_id:path}", status_code=status.HTTP_204_NO_CONTENT,
-               dependencies=[Depends(require_admin)])
+               dependencies=[Depends(require_admin)], responses=errors(503))
 def delete_item(
     name: str, item_id: str, catalog: deps.CatalogDep, gallery: deps.GalleryDep
 ) -> Response:
@@ -144,18 +155,18 @@ def delete_item(
 _parse_query = json_body(QueryRequest)
 
 
-def _query_matrix(body: QueryRequest, dim: int, max_batch: int) -> np.ndarray:
+def _query_matrix(body: QueryRequest, dim: int, metric: str, max_batch: int) -> np.ndarray:
     """The request's query vector(s) as an (n, dim) float32 matrix, validated."""
     if body.vector is not None:
         if len(body.vector) != dim:
             raise Invalid(f"has dimension {len(body.vector)}, the model expects {dim}", "vector")
-        return check_matrix(np.asarray(body.vector, dtype=np.float32)[None, :], dim, "vector")
+        return check_matrix(np.asarray(body.vector, dtype=np.float32)[None, :], dim, "vector", ["vector"], metric)
     if body.vector_b64 is not None:
-        matrix = read_matrix(None, body.vector_b64, dim, "vector", "vector_b64", max_batch)
+        matrix = read_matrix(None, body.vector_b64, dim, "vector", "vector_b64", max_batch, metric)
         if len(matrix) != 1:
             raise Invalid(f"holds {len(matrix)} vectors; use vectors_b64 for a batch", "vector_b64")
         return matrix
-    return read_matrix(body.vectors, body.vectors_b64, dim, "vectors", "vectors_b64", max_batch)
+    return read_matrix(body.vectors, body.vectors_b64, dim, "vectors", "vectors_b64", max_batch, metric)
 
 
 async def run_query(name: str, request: Request, catalog: Catalog, gallery: Gallery, settings: Settings) -> QueryOut:
@@ -163,14 +174,15 @@ async def run_query(name: str, request: Request, catalog: Catalog, gallery: Gall
     body = await _parse_query(request)
     collection = catalog.collection(name)
     model = catalog.model_for_collection(collection, body.model)
-    queries = _query_matrix(body, model.dim, settings.max_query_batch)
-    plan = gallery.plan_query(collection, model, queries, body.k, body.include_payload)
+    queries = _query_matrix(body, model.dim, model.metric, settings.max_query_batch)
+    where = None if body.filter is None else to_filter(body.filter)
+    plan = gallery.plan_query(collection, model, queries, body.k, body.include_payload, where)
     outcome = plan.run() if plan.inline else await run_in_threadpool(plan.run)
     return query_out(body, model.name, outcome, catalog)
 
 
 @router.post("/{name}/query", response_model=QueryOut, response_model_exclude_none=True,
-             dependencies=[Depends(require_reader)], openapi_extra=openapi_body(QueryRequest))
+             dependencies=[Depends(require_reader)], responses=errors(409, 413, 415, 503))
 async def query(name: str, request: Request, catalog: deps.CatalogDep, gallery: deps.GalleryDep,
                 settings: deps.SettingsDep) -> QueryOut:
     """Search the collection; one vector gives `hits`, a batch gives `results` (one per query)."""
@@ -230,7 +242,40 @@ def query_out(body: QueryRequest, model_name: str, outcome: QueryOutcome, catalo
         searched=[_partition_report(name_of(m), part, name_of) for m, part in outcome.searched.items()],
         skipped=[PartitionReport(model=name_of(m), items=n, reason=f"no active transformation path from {model_name!r}")
                  for m, n in outcome.skipped.items()],
+        filter=None if outcome.filter_plan is None else FilterReport(**outcome.filter_plan),
     )
+
+
+# ---- payload indexes -----------------------------------------------------------------------------
+def _payload_index_out(record: PayloadIndexRecord) -> PayloadIndexOut:
+    return PayloadIndexOut(field=record.field, created_at=record.created_at)
+
+
+@router.get("/{name}/payload-indexes", response_model=list[PayloadIndexOut], dependencies=[Depends(require_reader)])
+def list_payload_indexes(name: str, catalog: deps.CatalogDep) -> list[PayloadIndexOut]:
+    """Payload fields declared for fast filtering."""
+    collection = catalog.collection(name)
+    return [_payload_index_out(r) for r in catalog.store.payload_indexes(collection.id)]
+
+
+@router.put("/{name}/payload-indexes/{field}", response_model=PayloadIndexOut, dependencies=[Depends(require_admin)])
+def declare_payload_index(name: str, field: Annotated[str, Path(pattern=FIELD_PATH_PATTERN)],
+                          catalog: deps.CatalogDep) -> PayloadIndexOut:
+    """Index a payload field (a dotted path) so that selective filters on it are read from an index
+    instead of a scan of the collection. Idempotent; writes continue while it builds on PostgreSQL."""
+    collection = catalog.collection(name)
+    record, _created = catalog.store.create_payload_index(collection.id, field)
+    return _payload_index_out(record)
+
+
+@router.delete("/{name}/payload-indexes/{field}", status_code=status.HTTP_204_NO_CONTENT,
+               dependencies=[Depends(require_admin)])
+def drop_payload_index(name: str, field: Annotated[str, Path(pattern=FIELD_PATH_PATTERN)],
+                       catalog: deps.CatalogDep) -> Response:
+    collection = catalog.collection(name)
+    if not catalog.store.drop_payload_index(collection.id, field):
+        raise NotFound(f"no payload index on {field!r} in collection {collection.name!r}", "field")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 # ---- backfill ------------------------------------------------------------------------------------
@@ -248,9 +293,10 @@ def backfill_report(
     return BackfillOut(**backfill.report(collection, model, limit))
 
 
-@router.post("/{name}/retire", response_model=CollectionOut, dependencies=[Depends(require_admin)])
+@router.post("/{name}/retire", response_model=CollectionOut, dependencies=[Depends(require_admin)],
+             responses=errors(409, 503))
 def retire_model(
-    name: str, body: RetireRequest, catalog: deps.CatalogDep,
+    name: str, body: JsonBody(RetireRequest), catalog: deps.CatalogDep,
     gallery: deps.GalleryDep,
 ) -> CollectionOut:
     """Retire a fully migrated model version: no more writes in it, its kept vectors are dropped."""

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service.api import deps
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str]
+
+
+@router.get("/healthz", response_model=Health)
 def healthz() -> dict:
     """The process is up and serving HTTP."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Not ready: `checks` says what is not ok yet."}})
 def readyz(services: deps.ServicesDep) -> JSONResponse:
     """Ready when the database answers and every index has been loaded and repaired."""
     checks = {"database": "ok", "indexes": "ok" if services.gallery.ready.is_set() else "loading"}

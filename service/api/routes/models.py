@@ -6,6 +6,8 @@ from fastapi import APIRouter, Depends, status
 
 from service.api import deps
 from service.api.auth import require_admin, require_reader
+from service.api.json_body import JsonBody
+from service.api.openapi import errors
 from service.api.schemas import ModelCreate, ModelOut
 from service.core.catalog import Catalog
 from service.core.errors import Invalid
@@ -27,8 +29,9 @@ def model_out(model: ModelRecord, catalog: Catalog) -> ModelOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut, dependencies=[Depends(require_admin)])
-def create_model(body: ModelCreate, catalog: deps.CatalogDep, upgrades: deps.UpgradesDep) -> ModelOut:
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut, dependencies=[Depends(require_admin)],
+             responses=errors(404, 409))
+def create_model(body: JsonBody(ModelCreate), catalog: deps.CatalogDep, upgrades: deps.UpgradesDep) -> ModelOut:
     if body.training is not None:
         if body.successor_of is None:
             raise Invalid("a training policy needs successor_of (it trains the upgrade from that model)", "training")

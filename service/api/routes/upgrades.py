@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, status
 
 from service.api import deps
 from service.api.auth import require_admin, require_reader
 from service.api.ids import UpgradeId
-from service.api.json_body import json_body, openapi_body
+from service.api.json_body import JsonBody
+from service.api.openapi import errors
 from service.api.routes.jobs import job_out
 from service.api.schemas import (
     ActivateRequest,
@@ -61,8 +60,8 @@ def list_upgrades(upgrades: deps.UpgradesDep, catalog: deps.CatalogDep):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=UpgradeOut,
-             dependencies=[Depends(require_admin)])
-def create_upgrade(body: UpgradeCreate, upgrades: deps.UpgradesDep,
+             dependencies=[Depends(require_admin)], responses=errors(404, 409))
+def create_upgrade(body: JsonBody(UpgradeCreate), upgrades: deps.UpgradesDep,
                    catalog: deps.CatalogDep) -> UpgradeOut:
     """A direct upgrade that skips versions (successor upgrades are created with the model)."""
     return upgrade_out(upgrades.create_direct(body.old_model, body.new_model), upgrades, catalog)
@@ -74,11 +73,10 @@ def get_upgrade(upgrade_id: UpgradeId, upgrades: deps.UpgradesDep,
     return upgrade_out(upgrades.upgrade(upgrade_id), upgrades, catalog)
 
 
-@router.post("/{upgrade_id}/pairs", response_model=PairsOut, dependencies=[Depends(require_admin)],
-             openapi_extra=openapi_body(PairsUpload))
+@router.post("/{upgrade_id}/pairs", response_model=PairsOut, dependencies=[Depends(require_admin)])
 def upload_pairs(
     upgrade_id: UpgradeId,
-    body: Annotated[PairsUpload, Depends(json_body(PairsUpload))],
+    body: JsonBody(PairsUpload),
     upgrades: deps.UpgradesDep,
     catalog: deps.CatalogDep,
     settings: deps.SettingsDep,
@@ -100,7 +98,7 @@ def upload_pairs(
 
 
 @router.put("/{upgrade_id}/training", response_model=UpgradeOut, dependencies=[Depends(require_admin)])
-def set_training_policy(upgrade_id: UpgradeId, body: TrainingPolicy, upgrades: deps.UpgradesDep,
+def set_training_policy(upgrade_id: UpgradeId, body: JsonBody(TrainingPolicy), upgrades: deps.UpgradesDep,
                         catalog: deps.CatalogDep) -> UpgradeOut:
     """Train by itself from `min_pairs` pairs on, and again as they double (starts at once if due)."""
     updated = upgrades.set_policy(upgrades.upgrade(upgrade_id), body.min_pairs, body.method)
@@ -114,16 +112,17 @@ def clear_training_policy(upgrade_id: UpgradeId, upgrades: deps.UpgradesDep, cat
 
 
 @router.post("/{upgrade_id}/train", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut,
-             dependencies=[Depends(require_admin)])
-def train(upgrade_id: UpgradeId, body: TrainRequest, upgrades: deps.UpgradesDep) -> JobOut:
+             dependencies=[Depends(require_admin)], responses=errors(409))
+def train(upgrade_id: UpgradeId, body: JsonBody(TrainRequest), upgrades: deps.UpgradesDep) -> JobOut:
     """Queue a training job; follow it at /v1/jobs/{id} (or `nobackfill jobs watch ID`)."""
     job = upgrades.start_training(upgrades.upgrade(upgrade_id), body.method, body.params, body.label_field,
                                   body.seed)
     return job_out(job)
 
 
-@router.post("/{upgrade_id}/activate", response_model=UpgradeOut, dependencies=[Depends(require_admin)])
-def activate(upgrade_id: UpgradeId, body: ActivateRequest, upgrades: deps.UpgradesDep,
+@router.post("/{upgrade_id}/activate", response_model=UpgradeOut, dependencies=[Depends(require_admin)],
+             responses=errors(409))
+def activate(upgrade_id: UpgradeId, body: JsonBody(ActivateRequest), upgrades: deps.UpgradesDep,
              catalog: deps.CatalogDep) -> UpgradeOut:
     """Make a transformation active (also the way to roll back to an earlier one)."""
     updated = upgrades.activate(upgrades.upgrade(upgrade_id), body.transformation, body.force)
