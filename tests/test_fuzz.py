@@ -74,6 +74,6 @@ def test_no_generated_request_gets_a_server_error(seeded_server, tmp_path) -> No
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-6_000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", out)
-    assert counts and int(counts[1]) == int(counts[2]) >= 200, out[-2_000:]  # it really ran
+    assert counts and int(counts[1]) == int(counts[2]) >= 150, out[-2_000:]  # it really ran
     print(f"schemathesis [{CHECKS}]: {counts[0]}")  # the figures, in the test log
     assert report.exists()

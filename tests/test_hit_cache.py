@@ -39,3 +39,17 @@ def test_disabled_cache_always_loads() -> None:
     cache.resolve(1, [1], lambda ids: calls.append(ids) or {})
     cache.resolve(1, [1], lambda ids: calls.append(ids) or {})
     assert len(calls) == 2
+
+
+def test_records_written_through_are_served_and_invalidate_older_fills() -> None:
+    cache = HitCache(100)
+    cache.replace(1, {5: HitRecord("k5", 2, {"fresh": True}, frozenset({1}))})
+    got = cache.resolve(1, [5], lambda ids: {i: HitRecord("db", 2, None) for i in ids})
+    assert got[5].payload == {"fresh": True} and got[5].models == frozenset({1, 2})
+
+    def racing_load(ids: list[int]) -> dict[int, HitRecord]:
+        cache.replace(1, {i: HitRecord("written", 1, None) for i in ids})  # a writer commits meanwhile
+        return {i: HitRecord("stale", 1, None) for i in ids}
+
+    cache.resolve(1, [6], racing_load)
+    assert cache.resolve(1, [6], lambda ids: {})[6].key == "written"

@@ -82,3 +82,20 @@ def test_content_change_drops_the_old_vector_from_old_queries(parts, tmp_path) -
     # v1 queries cannot reach v2 without an active transformation: the stale v1 vector is gone
     found = {h.key for h in gallery.query(coll, v1, old[:5], k=30).hits[0]}
     assert not found & set(keys[:5])
+
+
+def test_items_just_written_are_served_without_a_database_read(parts, tmp_path, monkeypatch) -> None:
+    """Write-through: the upsert fills the hit cache with the records it committed, so the first
+    queries after an ingest read nothing from SQL (bench/first_pass.py measured the cold path)."""
+    store, catalog, make = parts
+    backend = create_backend("faiss", directory=tmp_path / "wt")
+    gallery = Gallery(store, catalog, backend, TransformGraph(store, tmp_path), hit_cache_items=1_000)
+    gallery.ready.set()
+    v1, v2, coll, keys, old, new = _setup(store, catalog, gallery)
+    gallery.upsert(coll, v2, keys[:10], new[:10], [{"moved": True}] * 10)  # re-embedded, v1 vectors kept
+    reads: list[list[int]] = []
+    real = store.hits_by_id
+    monkeypatch.setattr(store, "hits_by_id", lambda cid, ids, **kw: reads.append(list(ids)) or real(cid, ids, **kw))
+    hits = gallery.query(coll, v1, old[:5], 10).hits
+    assert reads == [] and [row[0].key for row in hits] == keys[:5]
+    assert hits[0][0].model_id == v1.id and hits[0][0].payload == {"moved": True}  # old client, own vector

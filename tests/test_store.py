@@ -175,3 +175,21 @@ def test_a_transformations_files_live_in_the_database_and_materialise_anywhere(s
     with pytest.raises(ValueError, match="unsafe file name"):
         bundle_directory(store, tmp_path / "other", bad)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "other" / "transformations" / "u1" / "job2").exists()
+
+
+def test_an_upsert_reports_the_records_it_leaves(store: Store) -> None:
+    """`UpsertOutcome.models` is exactly what a database read of the written items says (the hit
+    cache is filled from it at write time), through creates, kept and dropped re-embeddings."""
+    rng = np.random.default_rng(0)
+    v1 = store.create_model("v1", 4, "cosine", None, None)
+    v2 = store.create_model("v2", 4, "cosine", v1.id, None)
+    v3 = store.create_model("v3", 4, "cosine", v2.id, None)
+    coll = store.create_collection("g", v1.id, {"kind": "flat"})
+    keys = [f"k{i}" for i in range(12)]
+    steps = [(v1, keys, frozenset()), (v2, keys[:8], frozenset({v1.id})), (v3, keys[:4], frozenset({v1.id, v2.id})),
+             (v3, keys[4:6], frozenset()), (v1, keys[:2], frozenset()), (v2, keys[6:12], frozenset({v1.id}))]
+    for model, batch, keep in steps:
+        outcome = store.upsert_items(coll.id, model.id, batch, rng.normal(size=(len(batch), 4)).astype(np.float32),
+                                     [{"n": i} for i in range(len(batch))], keep_models=keep)
+        read = store.hits_by_id(coll.id, outcome.ids.tolist())
+        assert [read[i].models for i in outcome.ids.tolist()] == outcome.models, (model.name, batch)

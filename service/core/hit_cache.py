@@ -34,6 +34,18 @@ class HitCache:
             for row_id in ids:
                 self._cache.pop((collection_id, int(row_id)), None)
 
+    def replace(self, collection_id: int, records: dict[int, HitRecord]) -> None:
+        """Records a writer has just committed (write-through): invalidate, then store them.
+
+        The writer holds the collection's write lock, so no later write of these ids is in
+        between; a concurrent fill that read the database before the commit sees the generation
+        bumped here and is dropped. Without this, the first query to reach each newly ingested
+        item pays a database read (the first pass after an ingest ran ~1.5x slower at p95)."""
+        with self._lock:
+            self._generation[collection_id] = self._generation.get(collection_id, 0) + 1
+            for row_id, record in records.items():
+                self._cache[(collection_id, int(row_id))] = record
+
     def invalidate_collection(self, collection_id: int) -> None:
         """Forget every cached record of a collection (a retirement drops kept vectors wholesale)."""
         with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -88,7 +88,8 @@ class UpsertOutcome:
     `replaced` maps model id -> row ids whose previous vector (in that model) must leave the index
     (the written model itself for rewrites; models whose vectors the write did not keep);
     `kept` counts items whose previous-model vector stays searchable beside the new one;
-    `tag` is the collection's change counter after this write.
+    `tag` is the collection's change counter after this write; `models` (aligned with `ids`) is
+    what each item's `HitRecord.models` is after the write, so the caller can cache its record.
     """
 
     ids: np.ndarray
@@ -97,6 +98,7 @@ class UpsertOutcome:
     replaced: dict[int, np.ndarray]
     tag: int
     kept: int = 0
+    models: list[frozenset[int]] = field(default_factory=list)  # per item, every model it now has a vector in
 
 
 def encode_vector(vec: np.ndarray) -> bytes:
@@ -242,20 +244,26 @@ class ItemStore:
             to_history: dict[int, list[int]] = {}
             drop_history: dict[int, list[int]] = {}  # model -> rows whose kept vector in it goes
             ids = np.zeros(n, dtype=np.int64)
+            models: list[frozenset[int]] = [frozenset((model_id,))] * n
             new_positions = []
             for pos, (key, vec, payload, seq) in enumerate(zip(keys, vectors, payloads, seqs, strict=True)):
                 values = {"model_id": model_id, "seq": seq, "vector": encode_vector(vec), "payload": payload,
                           "updated_at": now}
                 if key in existing:
                     row_id, old_model = existing[key]
+                    still = {model_id}
                     if old_model == model_id or old_model not in keep_models:
                         replaced.setdefault(old_model, []).append(row_id)
                     else:
                         to_history.setdefault(old_model, []).append(row_id)
+                        still.add(old_model)
                     for kept_model in history.get(row_id, ()):
                         if kept_model == model_id or kept_model not in keep_models:
                             drop_history.setdefault(kept_model, []).append(row_id)
                             replaced.setdefault(kept_model, []).append(row_id)
+                        else:
+                            still.add(kept_model)
+                    models[pos] = frozenset(still)
                     updates.append({"id": row_id, **values})
                     ids[pos] = row_id
                 else:
@@ -279,6 +287,7 @@ class ItemStore:
             replaced={m: np.unique(np.array(v, dtype=np.int64)) for m, v in replaced.items()},
             tag=top,
             kept=sum(len(v) for v in to_history.values()),
+            models=models,
         )
 
     @staticmethod
