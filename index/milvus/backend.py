@@ -396,7 +396,10 @@ class MilvusBackend(IndexBackend):
             out: dict[int, SearchResult] = {}
             for model, q in queries.items():
                 key = PartitionKey(collection, model)
-                config = self._require(key)
+                config = self._config(key)
+                if config is None:  # dropped (retired) after the query was planned: it holds nothing now
+                    out[model] = SearchResult.empty(len(q), k)
+                    continue
                 q = np.ascontiguousarray(q, dtype=np.float32)
                 if q.ndim != 2 or q.shape[1] != config.dim:
                     raise ValueError(f"queries must have shape (n, {config.dim}), got {q.shape}")
