@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     faiss_threads: int = Field(
         1, ge=1, description="OpenMP threads per FAISS search; 1 wins for one-query-per-request serving."
     )
+    faiss_write_threads: int = Field(
+        0, ge=0, description="OpenMP threads for adding a batch to a FAISS index (HNSW insertion: most of an "
+        "ingest's time); 0 = every core. Set 1 to keep ingest from taking CPU from concurrent queries.")
     inline_search_work: int = Field(
         20_000_000, ge=0,
         description="Searches estimated below this many multiply-adds run on the event loop, larger ones "
@@ -145,7 +148,8 @@ class Settings(BaseSettings):
                     "token": self.milvus_token.get_secret_value() if self.milvus_token else None,
                     "prefix": self.milvus_prefix, "refresh_seconds": self.milvus_refresh_seconds,
                     "flush_seconds": self.milvus_flush_seconds}
-        return {"directory": self.index_dir, "device": self.device, "threads": self.faiss_threads}
+        return {"directory": self.index_dir, "device": self.device, "threads": self.faiss_threads,
+                "write_threads": self.faiss_write_threads or None}
 
 
 @lru_cache(maxsize=1)

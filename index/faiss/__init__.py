@@ -14,11 +14,12 @@ from index.faiss.backend import FaissBackend
 
 
 def build(directory: Path | None = None, device: str = "cpu", threads: int | None = None,
-          **options: Any) -> FaissBackend:
+          write_threads: int | None = None, **options: Any) -> FaissBackend:
     """The backend `index.create_backend("faiss", ...)` returns."""
     if options:
         raise ValueError(f"faiss backend: unknown options {sorted(options)}")
-    return FaissBackend(directory, device=device, threads=threads)  # type: ignore[arg-type]
+    return FaissBackend(directory, device=device, threads=threads,  # type: ignore[arg-type]
+                        write_threads=write_threads)
 
 
 __all__ = ["FaissBackend", "build"]
