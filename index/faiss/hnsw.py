@@ -69,9 +69,8 @@ class HnswPartition(FaissPartition):
         widened by the inverse of the allowed fraction so the walk collects as many candidates
         as an unfiltered one."""
         slots = np.fromiter((s for i in allowed.tolist() if (s := self._slot_of.get(i)) is not None), dtype=np.int64)
-        if not len(slots):
-            return np.full((len(q), k), np.inf if self.metric == "l2" else -np.inf, np.float32), \
-                np.full((len(q), k), -1, np.int64)
+        if not len(slots):  # none of them in this partition (scores of id -1 are blanked by the caller)
+            return np.zeros((len(q), k), np.float32), np.full((len(q), k), -1, np.int64)
         k = min(k, len(slots))
         if len(slots) <= EXACT_FILTER_MAX:
             scores, found = exact_top_k(q, slots, self.index.reconstruct_batch(slots), k, self.metric)

@@ -98,9 +98,8 @@ def install_openapi(app: FastAPI, routers: Sequence[APIRouter], body_extra: dict
                 responses = operation.setdefault("responses", {})
                 for code in _implied_errors(route, model is not None):
                     responses[str(code)] = _error_response(code)
-                for code, response in list(responses.items()):
-                    if code.isdigit() and int(code) >= 400:
-                        responses[code] = _error_response(int(code)) if int(code) in _WHY else response
+                if "422" in responses:  # FastAPI's own, in case a parameter kind above does not imply it
+                    responses["422"] = _error_response(422)
         app.openapi_schema = schema
         return schema
 

@@ -66,8 +66,7 @@ class FilterPlan:
     def report(self) -> dict[str, int | str]:
         """What the answer says about how it was filtered."""
         if self.pre_filtered:
-            return {"plan": "pre-filter", "matching": 0 if self.allowed is None else len(self.allowed),
-                    "searches": self.searches}
+            return {"plan": "pre-filter", "matching": len(self.allowed), "searches": self.searches}
         return {"plan": "post-filter", "fetched": self.fetch, "searches": self.searches}
 
     def next_search(self, hits: list[list], matched: int, examined: int,

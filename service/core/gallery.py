@@ -148,13 +148,11 @@ class Gallery:
             write = writes.setdefault(target.model, PartitionWrite())
             write.add_ids, write.add_vectors = outcome.ids, vectors
             self._mirror(collection, writes, outcome.tag)
-            if self.hits.enabled and len(outcome.models) == len(keys):  # write-through: no cold first query
+            if self.hits.enabled:  # write-through: the first query to reach these items needs no SQL
                 self.hits.replace(collection.id, {
                     int(row_id): HitRecord(key, model.id, payload, item_models)
                     for row_id, key, payload, item_models in zip(outcome.ids.tolist(), keys, payloads, outcome.models,
                                                                  strict=True)})
-            else:
-                self.hits.invalidate(collection.id, outcome.ids)  # payloads may have changed
         return outcome
 
     def _keepable_models(self, collection: CollectionRecord, model: ModelRecord, retired: set[int]) -> frozenset[int]:

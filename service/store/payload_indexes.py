@@ -79,8 +79,8 @@ class PayloadIndexStore:
                          f"ON items (collection_id, ({expression}))")
             if postgres:  # CONCURRENTLY cannot run inside a transaction block
                 with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}") if _invalid(conn, name)
-                                 else text("SELECT 1"))
+                    if _invalid(conn, name):
+                        conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
                     conn.execute(text(statement))
             else:
                 with self.engine.begin() as conn:

@@ -103,9 +103,10 @@ def upsert_items(
         raise TooLarge(f"has {len(body.items)} items; the limit is {settings.max_batch_items}", "items")
     fields, rows = [], []
     for i, item in enumerate(body.items):
-        if item.payload is not None and len(to_json(item.payload)) > settings.max_payload_bytes:
-            raise TooLarge(f"is {len(to_json(item.payload))} bytes as JSON; the limit is {settings.max_payload_bytes} "
-                           "(MAX_PAYLOAD_BYTES)", f"items[{i}].payload")
+        size = 0 if item.payload is None else len(to_json(item.payload))
+        if size > settings.max_payload_bytes:
+            raise TooLarge(f"is {size} bytes as JSON; the limit is {settings.max_payload_bytes} (MAX_PAYLOAD_BYTES)",
+                           f"items[{i}].payload")
         if item.vector_b64 is not None:
             fields.append(f"items[{i}].vector_b64")
             rows.append(decode_b64(item.vector_b64, fields[-1]))
