@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from adapters.base import FitReport, ProgressFn
+from adapters.train_config import TRAIN_DEFAULTS, TrainConfig  # noqa: F401  (re-exported)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -82,26 +82,6 @@ def prototype_cosine_loss(z: torch.Tensor, protos: torch.Tensor, codes: torch.Te
 
 
 # ---- the loop ---------------------------------------------------------------------------------
-@dataclass
-class TrainConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    max_epochs: int = 60
-    max_steps: int = 4_000
-    min_steps: int = 200
-    eval_every: int = 25
-    patience: int = 6
-    val_fraction: float = 0.1
-    val_max: int = 2_000
-
-    @classmethod
-    def from_params(cls, params: dict) -> TrainConfig:
-        return cls(**{k: params[k] for k in cls.__dataclass_fields__ if k in params})
-
-
-TRAIN_DEFAULTS = {k: v.default for k, v in TrainConfig.__dataclass_fields__.items()}
-
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 """loss(indices) -> scalar loss on those training rows."""
 

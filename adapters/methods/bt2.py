@@ -24,49 +24,12 @@ so training starts from the Procrustes map. Deviation: centring, as for the othe
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn.utils import parametrizations
 
 from adapters.base import Adapter, FitReport, ProgressFn
 from adapters.methods.procrustes import centred_procrustes
 from adapters.registry import register_method
-from adapters.training import (
-    TRAIN_DEFAULTS,
-    TrainConfig,
-    cosine_loss,
-    influence_loss,
-    info_nce,
-    label_targets,
-    pick_device,
-    retrieval_scorer,
-    run_batched,
-    seed_everything,
-    to_tensor,
-    train_loop,
-)
+from adapters.train_config import TRAIN_DEFAULTS, TrainConfig
 from adapters.vectors import as_matrix, normalize
-
-
-class _BasisTransformation(nn.Module):
-    def __init__(self, d_new: int, d_old: int, extra: int, hidden: int, a_init: np.ndarray, n_classes: int):
-        super().__init__()
-        self.compat = nn.Linear(d_new, d_old, bias=False)
-        with torch.no_grad():
-            self.compat.weight.copy_(torch.as_tensor(a_init))
-        self.mlp = nn.Sequential(nn.Linear(d_new, hidden), nn.GELU(), nn.Linear(hidden, d_old))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
-        self.extra = nn.Linear(d_new, extra, bias=False)
-        self.basis = nn.Linear(d_old + extra, d_old + extra, bias=False)
-        parametrizations.orthogonal(self.basis, orthogonal_map="cayley")
-        with torch.no_grad():
-            self.basis.weight = torch.eye(d_old + extra)
-        self.decoder = nn.Linear(d_old + extra, d_new)
-        self.head = nn.Linear(d_old + extra, n_classes) if n_classes else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.basis(torch.cat([self.compat(x) + self.mlp(x), self.extra(x)], dim=1))
 
 
 @register_method(candidate=True)
@@ -80,6 +43,22 @@ class BT2(Adapter):
                 "label_weight": 1.0, "device": "auto"}
 
     def _fit(self, x_old, x_new, labels, seed, progress: ProgressFn) -> FitReport:
+        import torch  # bt2 runs a network: torch to fit it and to serve it, loaded when first needed
+        from torch import nn
+
+        from adapters.networks import BasisTransformation
+        from adapters.training import (
+            cosine_loss,
+            influence_loss,
+            info_nce,
+            label_targets,
+            pick_device,
+            retrieval_scorer,
+            seed_everything,
+            to_tensor,
+            train_loop,
+        )
+
         p = self.params
         gen = seed_everything(seed)
         device = pick_device(p["device"])
@@ -90,7 +69,7 @@ class BT2(Adapter):
         w_raw = to_tensor(w, device)
         mu_old_t = to_tensor(self.mu_old[None, :], device)
         codes_t, protos, n_classes = label_targets(labels, o_t)
-        net = _BasisTransformation(self.d_new, self.d_old, int(p["extra_dims"]), int(p["hidden"]), a_init,
+        net = BasisTransformation(self.d_new, self.d_old, int(p["extra_dims"]), int(p["hidden"]), a_init,
                                    n_classes).to(device)
         d_old = self.d_old
 
@@ -113,6 +92,8 @@ class BT2(Adapter):
         return report
 
     def _out(self, x_new: np.ndarray) -> np.ndarray:
+        from adapters.training import run_batched
+
         w = normalize(as_matrix(x_new, "x_new")) - self.mu_new
         return run_batched(self._net, w, self._device)
 
@@ -133,11 +114,15 @@ class BT2(Adapter):
         return {**state, "mu_old": self.mu_old, "mu_new": self.mu_new}
 
     def load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        import torch
+
+        from adapters.networks import BasisTransformation
+
         self.mu_old, self.mu_new = tensors.pop("mu_old"), tensors.pop("mu_new")
         basis = tensors.pop("basis_matrix")
         n_classes = tensors["head.weight"].shape[0] if "head.weight" in tensors else 0
         extra = basis.shape[0] - self.d_old
-        net = _BasisTransformation(self.d_new, self.d_old, extra, tensors["mlp.0.weight"].shape[0],
+        net = BasisTransformation(self.d_new, self.d_old, extra, tensors["mlp.0.weight"].shape[0],
                                    tensors["compat.weight"], n_classes)
         with torch.no_grad():
             net.basis.weight = torch.as_tensor(basis)

@@ -22,45 +22,13 @@ backfill.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from adapters.base import Adapter, FitReport, ProgressFn
 from adapters.methods.affine import ridge
 from adapters.methods.procrustes import centred_procrustes
 from adapters.registry import register_method
-from adapters.training import (
-    TRAIN_DEFAULTS,
-    TrainConfig,
-    cosine_loss,
-    influence_loss,
-    info_nce,
-    label_targets,
-    pick_device,
-    retrieval_scorer,
-    seed_everything,
-    to_tensor,
-    train_loop,
-)
+from adapters.train_config import TRAIN_DEFAULTS, TrainConfig
 from adapters.vectors import as_matrix, normalize
-
-
-def gram_deviation(weight: torch.Tensor) -> torch.Tensor:
-    """RMS deviation of the smaller Gram matrix of `weight` from the identity."""
-    gram = weight @ weight.T if weight.shape[0] <= weight.shape[1] else weight.T @ weight
-    eye = torch.eye(gram.shape[0], device=weight.device)
-    return torch.linalg.norm(gram - eye) / gram.shape[0] ** 0.5
-
-
-class _AffineMap(nn.Module):
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, mu_new: np.ndarray) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.as_tensor(weight))
-        self.bias = nn.Parameter(torch.as_tensor(bias))
-        self.register_buffer("mu_new", torch.as_tensor(mu_new))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mu_new) @ self.weight.T + self.bias
 
 
 @register_method(candidate=True)
@@ -74,12 +42,27 @@ class LambdaOrth(Adapter):
                 "device": "auto", "forward_alpha": 1.0}
 
     def _fit(self, x_old, x_new, labels, seed, progress: ProgressFn) -> FitReport:
+        import torch  # only to fit: serving the fitted map is numpy
+
+        from adapters.networks import AffineMap, gram_deviation
+        from adapters.training import (
+            cosine_loss,
+            influence_loss,
+            info_nce,
+            label_targets,
+            pick_device,
+            retrieval_scorer,
+            seed_everything,
+            to_tensor,
+            train_loop,
+        )
+
         p = self.params
         gen = seed_everything(seed)
         device = pick_device(p["device"])
         o, w, mu_old, mu_new, rot = centred_procrustes(x_old, x_new)  # rot: D x D, rows index new dims
         init = rot[: self.d_new, : self.d_old].T.copy()  # d_old x d_new
-        module = _AffineMap(init, mu_old, mu_new).to(device)
+        module = AffineMap(init, mu_old, mu_new).to(device)
         o_t, w_t = to_tensor(o, device), to_tensor(w, device)
         codes_t, protos, _ = label_targets(labels, o_t)
 

@@ -25,28 +25,11 @@ vectors share a strong common direction (e5).
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn.utils import parametrizations
 
 from adapters.base import Adapter, FitReport, ProgressFn
 from adapters.methods.procrustes import centred_procrustes, pad_to
 from adapters.registry import register_method
-from adapters.training import (
-    TRAIN_DEFAULTS,
-    TrainConfig,
-    cosine_loss,
-    influence_loss,
-    info_nce,
-    label_targets,
-    pick_device,
-    prototype_cosine_loss,
-    prototypes,
-    retrieval_scorer,
-    seed_everything,
-    to_tensor,
-    train_loop,
-)
+from adapters.train_config import TRAIN_DEFAULTS, TrainConfig
 from adapters.vectors import as_matrix, normalize
 
 
@@ -55,20 +38,6 @@ def extend_to_orthogonal(rotation: np.ndarray, width: int) -> np.ndarray:
     out = np.eye(width, dtype=np.float32)
     out[: rotation.shape[0], : rotation.shape[1]] = rotation
     return out
-
-
-class _OrthogonalLayer(nn.Module):
-    def __init__(self, init: np.ndarray, n_classes: int) -> None:
-        super().__init__()
-        width = init.shape[0]
-        self.linear = nn.Linear(width, width, bias=False)
-        parametrizations.orthogonal(self.linear, orthogonal_map="cayley")
-        with torch.no_grad():
-            self.linear.weight = torch.as_tensor(init)  # right-inverse: starts exactly at `init`
-        self.head = nn.Linear(width, n_classes) if n_classes else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
 
 
 @register_method(candidate=True)
@@ -82,6 +51,24 @@ class OCA(Adapter):
                 "label_smoothing": 0.1, "device": "auto"}
 
     def _fit(self, x_old, x_new, labels, seed, progress: ProgressFn) -> FitReport:
+        import torch  # only to fit: serving Q is numpy
+        from torch import nn
+
+        from adapters.networks import OrthogonalLayer
+        from adapters.training import (
+            cosine_loss,
+            influence_loss,
+            info_nce,
+            label_targets,
+            pick_device,
+            prototype_cosine_loss,
+            prototypes,
+            retrieval_scorer,
+            seed_everything,
+            to_tensor,
+            train_loop,
+        )
+
         p = self.params
         gen = seed_everything(seed)
         device = pick_device(p["device"])
@@ -90,7 +77,7 @@ class OCA(Adapter):
         init = extend_to_orthogonal(rot.T, width)  # layer computes W x, so W = rot^T
         o_t = to_tensor(o, device)
         codes_t, protos, n_classes = label_targets(labels, o_t)
-        layer = _OrthogonalLayer(init, n_classes).to(device)
+        layer = OrthogonalLayer(init, n_classes).to(device)
         w_t = to_tensor(pad_to(w - self.mu_new, width), device)
         if layer.head is not None:
             # Start the classifier at the class means of the initial output (a nearest-prototype
