@@ -1,6 +1,7 @@
-"""Serving never loads torch: a gallery, and an upgrade whose map is a matrix, are served by a
-process that has not imported it (torch costs about 2 s of start-up and 190 MB resident; #19's
-restart and memory columns). Training loads it on demand, in the process that trains."""
+"""Serving loads only what it serves with: a gallery, and an upgrade whose map is a matrix, are
+served by a process that has not imported torch (about 2 s of start-up and 190 MB resident), and a
+service on the FAISS backend never imports pymilvus (with grpc and pandas, about 90 MB); #19's
+restart and memory columns. Training loads torch on demand, in the process that trains."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from tests.test_durability import ServerProcess
 def loads_torch(pid: int) -> bool:
     """Whether the process has torch's shared library mapped (Linux /proc)."""
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def loads_milvus_client(pid: int) -> bool:
+    """Whether the process has grpc's extension (which pymilvus brings) or pandas' mapped."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "cygrpc" in maps or "/pandas/" in maps
 
 
 def test_a_restarted_service_serves_an_upgraded_gallery_without_torch(tmp_path) -> None:
@@ -32,6 +39,7 @@ def test_a_restarted_service_serves_an_upgraded_gallery_without_torch(tmp_path) 
             nb.upsert_many("g", "small", ids, old)
             assert nb.query("g", "small", old[0], k=5).ids[0][0] == "i0"
             assert not loads_torch(server.proc.pid), "serving a gallery imported torch"
+            assert not loads_milvus_client(server.proc.pid), "a FAISS service imported pymilvus"
             nb.create_model("large", dim=24, successor_of="small")
             upgrade = nb.upgrade_for("small", "large")
             nb.add_pairs(upgrade["id"], old[:400], new[:400], ids=ids[:400], labels=topic[:400].tolist())
