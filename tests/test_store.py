@@ -82,6 +82,28 @@ def test_vectors_round_trip_exactly(store: Store) -> None:
     assert 10**12 not in hits
 
 
+def test_a_batch_mixing_new_and_existing_items_gets_each_items_own_row(store: Store) -> None:
+    """Row ids come back in the batch's order, whatever order the keys sort in and however new and
+    existing items interleave (new rows' ids are read back by key, across IN-chunks)."""
+    model, coll = seed(store, dim=5)
+    rng = np.random.default_rng(1)
+    first_keys = [f"item-{n}" for n in rng.permutation(400)]
+    first = store.upsert_items(coll.id, model.id, first_keys, rng.normal(size=(400, 5)).astype(np.float32),
+                               [None] * 400)
+    row_of = dict(zip(first_keys, first.ids.tolist(), strict=True))
+    keys = [first_keys[n] for n in range(0, 400, 2)] + [f"new-{n}" for n in rng.permutation(900)]
+    keys = [keys[n] for n in rng.permutation(len(keys))]
+    v = rng.normal(size=(len(keys), 5)).astype(np.float32)
+    out = store.upsert_items(coll.id, model.id, keys, v, [{"n": n} for n in range(len(keys))])
+    assert (out.created, out.updated) == (900, 200)
+    assert all(int(i) == row_of[k] for k, i in zip(keys, out.ids, strict=True) if k in row_of)
+    found, vecs = store.vectors_by_id(coll.id, model.id, out.ids.tolist(), 5)
+    by_id = dict(zip(found.tolist(), range(len(found)), strict=True))
+    np.testing.assert_array_equal(vecs[[by_id[i] for i in out.ids.tolist()]], v)
+    hits = store.hits_by_id(coll.id, out.ids.tolist())
+    assert [hits[int(i)].key for i in out.ids] == keys
+
+
 def test_failed_batch_writes_nothing(store: Store) -> None:
     model, coll = seed(store)
     v = np.eye(4, dtype=np.float32)
