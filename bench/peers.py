@@ -38,7 +38,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,8 +45,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import LeanClient, Service, b64, free_port, wait_for_index
-from bench.serving_milvus import percentiles, recall_at_10, start_milvus_server
+from bench.common import LeanClient, Service, b64, free_port, stop_process, wait_for_index
+from bench.serving_milvus import percentiles, qps, recall_at_10, start_milvus_server
 from index.milvus.backend import GRPC_OPTIONS
 from nobackfill.client import Client
 
@@ -97,19 +96,6 @@ def first_full_query(search: Search, query: np.ndarray, timeout: float = 600) ->
     raise TimeoutError("no full query result after restart")
 
 
-def qps(make_search: Callable[[], Search], queries: np.ndarray, clients: int = 4) -> float:
-    parts = [queries[i::clients] for i in range(clients)]
-    searchers = [make_search() for _ in range(clients)]
-    threads = [threading.Thread(target=lambda s=s, p=p: [s(q) for q in p])
-               for s, p in zip(searchers, parts, strict=True)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return len(queries) / (time.perf_counter() - started)
-
-
 def wait_milvus_indexed(uri: str, rows: int, timeout: float = 1_800) -> None:
     """Block until every index on a Milvus server has indexed `rows` rows with none pending.
 
@@ -153,16 +139,6 @@ def wait_quiet(pids: list[int], window: float = 2.0, busy: float = 0.05, timeout
         if sum(tree_cpu_seconds(pid) for pid in pids) - before < busy * window:
             return
     raise TimeoutError(f"processes {pids} still busy after {timeout} s")
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ---- the systems --------------------------------------------------------------------------------

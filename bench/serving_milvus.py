@@ -136,9 +136,10 @@ class Nobackfill:
         return self.service.ready_seconds
 
 
-def qps(system, queries: np.ndarray, clients: int) -> float:
+def qps(make_search, queries: np.ndarray, clients: int = 4) -> float:
+    """Queries per second with `clients` threads, each with its own searcher from `make_search()`."""
     parts = [queries[i::clients] for i in range(clients)]
-    searchers = [system.searcher() for _ in range(clients)]
+    searchers = [make_search() for _ in range(clients)]
     threads = [threading.Thread(target=lambda s=s, p=p: [s(q) for q in p])
                for s, p in zip(searchers, parts, strict=True)]
     started = time.perf_counter()
@@ -191,7 +192,7 @@ def run(n: int, dim: int, n_queries: int, ef: int, out: Path | None) -> dict:
             ordered = [ids for _, ids in sorted(got[s.name])]
             results[s.name].update(percentiles(samples[s.name]))
             results[s.name]["recall_at_10"] = recall_at_10(ordered, exact)
-            results[s.name]["qps_4_clients"] = qps(s, queries, 4)
+            results[s.name]["qps_4_clients"] = qps(s.searcher, queries, 4)
         results[on_milvus.name]["restart_to_ready_s"] = on_milvus.restart_seconds()
         results[on_faiss.name]["restart_to_ready_s"] = on_faiss.restart_seconds()
     finally:

@@ -4,7 +4,7 @@
 Milvus Lite; `http://host:19530` = a Milvus server or cluster); `names.py` derives collection
 names from integer ids; `params.py` maps `IndexSpec` and metrics to Milvus parameters.
 
-pymilvus (with grpc and pandas: ~50 MB resident and ~0.3 s) is imported by `build`, not by this
+pymilvus (with grpc and pandas: ~88 MB resident and ~0.3 s) is imported by `build`, not by this
 package: the settings check Milvus prefixes with `names.py` in every process, FAISS ones included.
 """
 

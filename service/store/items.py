@@ -230,14 +230,7 @@ class ItemStore:
                 .returning(Collection.seq)
             ).scalar_one()
             seqs = range(top - n + 1, top + 1)
-            existing: dict[str, tuple[int, int]] = {}
-            for chunk in _chunks(list(keys)):
-                for row_id, key, old_model in s.execute(
-                    select(Item.id, Item.key, Item.model_id).where(
-                        Item.collection_id == collection_id, Item.key.in_(chunk)
-                    )
-                ):
-                    existing[key] = (row_id, old_model)
+            existing = self._rows_by_key(s, collection_id, keys)
             history = self._history_models(s, [row_id for row_id, _ in existing.values()])
             inserts, updates = [], []
             replaced: dict[int, list[int]] = {}
@@ -299,12 +292,19 @@ class ItemStore:
         batch, most of the SQL share of a write in #19's ingest profile. The transaction holds the
         collection's lock, so no other writer can insert these keys meanwhile."""
         s.connection().execute(insert(Item.__table__), rows)  # Core: no per-row ORM bookkeeping
-        row_of: dict[str, int] = {}
         keys = [row["key"] for row in rows]
-        for chunk in _chunks(keys):
-            row_of.update((key, row_id) for row_id, key in s.execute(
-                select(Item.id, Item.key).where(Item.collection_id == collection_id, Item.key.in_(chunk))))
-        return [row_of[key] for key in keys]
+        row_of = ItemStore._rows_by_key(s, collection_id, keys)
+        return [row_of[key][0] for key in keys]
+
+    @staticmethod
+    def _rows_by_key(s, collection_id: int, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """key -> (row id, current model) of the collection's items with those keys."""
+        out: dict[str, tuple[int, int]] = {}
+        for chunk in _chunks(list(keys)):
+            for row_id, key, model_id in s.execute(select(Item.id, Item.key, Item.model_id).where(
+                    Item.collection_id == collection_id, Item.key.in_(chunk))):
+                out[key] = (row_id, model_id)
+        return out
 
     @staticmethod
     def _history_models(s, row_ids: list[int]) -> dict[int, list[int]]:
