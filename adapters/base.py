@@ -56,7 +56,14 @@ class Adapter(ABC):
 
     name: ClassVar[str]
     uses_labels: ClassVar[bool] = False  # True: fit() exploits labels when they are given
+    needs_labels: ClassVar[bool] = False  # True: fit() refuses pairs without labels (no objective without them)
     needs_old_query: ClassVar[bool] = False  # True: transform() needs the query in both models
+
+    label_requirement: ClassVar[str] = ""  # why, when needs_labels
+    trained: ClassVar[bool] = False  # gradient-trained from a closed-form start (may "stay at start")
+    # auto offers a trained method only when its fitting folds hold at least this many pairs:
+    # below it, the method was measured to stay at (or fall below) its closed-form start
+    auto_min_pairs: ClassVar[int] = 0
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = {**self.default_params(), **params}
@@ -65,6 +72,7 @@ class Adapter(ABC):
             raise ValueError(f"{self.name}: unknown parameters {sorted(unknown)}")
         self.d_old: int | None = None
         self.d_new: int | None = None
+        self.legacy_params: dict[str, Any] = {}  # set by registry.create_stored for older stored configs
         self.report: FitReport | None = None
 
     @classmethod
@@ -83,6 +91,8 @@ class Adapter(ABC):
     ) -> FitReport:
         """Learn the map from paired rows (`x_old[i]`, `x_new[i]` embed the same item)."""
         x_old, x_new, labels = check_pairs(x_old, x_new, labels)
+        if self.needs_labels and labels is None:
+            raise ValueError(f"{self.name} needs labels on the training pairs: {self.label_requirement}")
         self.d_old, self.d_new = x_old.shape[1], x_new.shape[1]
         started = time.perf_counter()
         report = self._fit(x_old, x_new, labels if self.uses_labels else None, seed, progress or _quiet)

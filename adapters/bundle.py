@@ -276,6 +276,7 @@ def build_bundle(
         "fit_seconds": float(report.fit_seconds if report else 0.0),
         "stayed_at_start": _stayed_at_start(report),
         "candidates_stayed_at_start": notes.get("stayed_at_start", {}),
+        "candidates_not_ranked": notes.get("not_ranked", {}),
         "curve": notes.get("selected_report", {}).get("curve") or (report.curve if report else []),
         "candidates": notes.get("candidates", {}),
         "calibration": {"new->old": bundle.new_old_scores.as_dict(), "old->new": bundle.old_new_scores.as_dict(),

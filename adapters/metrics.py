@@ -67,10 +67,13 @@ class _RankedTotals:
     ap: float = 0.0
     apr: float = 0.0
     counted: int = 0
+    per_query: list[np.ndarray] | None = None  # when kept: (top-1 hit, AP@R) per query, NaN without relevant items
 
     def add(self, rel: np.ndarray) -> None:
         n_rel = rel.sum(axis=1)
         valid = n_rel > 0
+        if self.per_query is not None:
+            self._keep(rel, n_rel, valid)
         if not valid.any():
             return
         rel, n_rel = rel[valid], n_rel[valid]
@@ -83,6 +86,15 @@ class _RankedTotals:
         self.apr += float((np.where(within_r, precision_at_hit, 0.0).sum(axis=1) / n_rel).sum())
         self.counted += int(valid.sum())
 
+    def _keep(self, rel: np.ndarray, n_rel: np.ndarray, valid: np.ndarray) -> None:
+        positions = np.arange(1, rel.shape[1] + 1, dtype=np.float64)
+        within_r = positions[None, :] <= n_rel[:, None]
+        precision = np.cumsum(rel, axis=1) / positions
+        apr = np.where(within_r & rel, precision, 0.0).sum(axis=1) / np.maximum(n_rel, 1)
+        rows = np.stack([rel[:, 0].astype(np.float64), apr], axis=1)
+        rows[~valid] = np.nan
+        self.per_query.append(rows)
+
     def metrics(self) -> RetrievalMetrics:
         if self.counted == 0:
             raise ValueError("no query has a relevant item in the gallery")
@@ -91,9 +103,9 @@ class _RankedTotals:
 
 
 def _ranked_totals(n_queries: int, chunk: int, rank_chunk: Callable[[int, int], np.ndarray],
-                   top_k: Sequence[int] = (1, 5)) -> _RankedTotals:
+                   top_k: Sequence[int] = (1, 5), per_query: bool = False) -> _RankedTotals:
     """Run `rank_chunk(start, stop)` (relevance in rank order for those queries) over every chunk."""
-    totals = _RankedTotals(top_k=tuple(top_k))
+    totals = _RankedTotals(top_k=tuple(top_k), per_query=[] if per_query else None)
     for start in range(0, n_queries, chunk):
         totals.add(rank_chunk(start, min(start + chunk, n_queries)))
     return totals
@@ -145,6 +157,21 @@ def retrieval_metrics(
         return rel
 
     return _ranked_totals(len(q), chunk, rank_chunk, top_k).metrics()
+
+
+def per_query_quality(queries: np.ndarray, gallery: np.ndarray, labels: Sequence | np.ndarray,
+                      *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """(n, 2) array: each query's top-1 hit and AP@R under `retrieval_metrics`' protocol (NaN rows
+    for queries with no relevant item) -- for paired comparisons of two maps on the same queries."""
+    q, g = normalize(queries), normalize(gallery)
+    codes = _labels_as_codes(labels)
+
+    def rank_chunk(start: int, stop: int) -> np.ndarray:
+        rel = codes[_ranked(q[start:stop] @ g.T, start)] == codes[start:stop, None]
+        rel[:, -1] = False
+        return rel
+
+    return np.concatenate(_ranked_totals(len(q), chunk, rank_chunk, (1,), per_query=True).per_query)
 
 
 def pairing_metrics(queries: np.ndarray, gallery: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> PairingMetrics:
@@ -277,3 +304,24 @@ def compatibility_summary(matrix: Sequence[Sequence[float]]) -> dict[str, float]
     ac = sum(c[i][j] > c[j][j] for i, j in pairs) / len(pairs) if pairs else float("nan")
     lower = [c[i][j] for i in range(t) for j in range(i + 1)]
     return {"AC": float(ac), "AM": float(np.mean(lower))}
+
+
+def neighbour_agreement(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, k: int = 10,
+                        *, chunk: int = DEFAULT_CHUNK) -> float:
+    """Mean overlap between each query's top k over `gallery` and item i's top k under `reference`
+    (leave-one-out, both ranked over the same n items): how closely a map's new/old ranking follows
+    the reference model's own (new/new) ranking."""
+    q, g, r = normalize(queries), normalize(gallery), normalize(reference)
+    n = len(q)
+    k = min(k, n - 1)
+    total = 0.0
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        rows = np.arange(stop - start)
+        tops = []
+        for a, b in ((q, g), (r, r)):
+            s = a[start:stop] @ b.T
+            s[rows, np.arange(start, stop)] = -np.inf
+            tops.append(np.argpartition(-s, k, axis=1)[:, :k])
+        total += sum(len(np.intersect1d(x, y)) for x, y in zip(*tops, strict=True)) / k
+    return total / n

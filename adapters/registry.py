@@ -81,10 +81,19 @@ def create(name: str, **params: Any) -> Adapter:
     return spec.cls(**params)
 
 
+def create_stored(name: str, params: dict[str, Any]) -> Adapter:
+    """An adapter for loading a stored one: parameters a newer version of the method no longer
+    takes are set aside in `legacy_params` (they shaped the fit; the stored arrays are what serves)."""
+    known = create(name).params
+    adapter = create(name, **{k: v for k, v in params.items() if k in known})
+    adapter.legacy_params = {k: v for k, v in params.items() if k not in known}
+    return adapter
+
+
 def load(directory: Path | str) -> Adapter:
     """Load an adapter written by `Adapter.save` (a selection method restores its chosen map too)."""
     directory = Path(directory)
     config = json.loads((directory / CONFIG_FILE).read_text())
-    adapter = create(config["method"], **config["params"])
+    adapter = create_stored(config["method"], config["params"])
     adapter.restore_config(config)
     return restore_common(adapter, config, directory)

@@ -22,10 +22,17 @@ class TrainConfig:
     patience: int = 6
     val_fraction: float = 0.1
     val_max: int = 2_000
+    val_class_fraction: float = 0.2  # with labels: share of classes held out whole for validation
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
         return cls(**{k: params[k] for k in cls.__dataclass_fields__ if k in params})
 
+
+# `auto` offers the trained methods only when the pairs it fits each candidate on number at least
+# this many (Adapter.auto_min_pairs). On ~1.4k fitting pairs every trained method stayed at its
+# closed-form start, or moved and lost on held-out pairs, on WordNet and on Debian
+# (docs/adapters.md "When trained methods are offered"); fitting them there cost most of auto's time.
+AUTO_MIN_PAIRS = 5_000
 
 TRAIN_DEFAULTS = {k: v.default for k, v in TrainConfig.__dataclass_fields__.items()}

@@ -18,7 +18,13 @@ Built from `apt-cache dumpavail` (every package of the configured suites) joined
   than `--min-section` packages after that are dropped;
 - text = synopsis + ": " + the first paragraph of the long description, at most 400 characters;
 - up to `--per-section` packages per section, drawn with a fixed seed (as wordnet-4k: <= 100 per
-  category), and a disjoint remainder file `rest.jsonl` (ids only) for later fresh draws.
+  category), and a disjoint remainder file `rest.jsonl` for later fresh draws.
+
+    python -m bench.debian_packages --fresh-draw 1    # -> debian-4k-draw1/: a disjoint sample
+
+`--fresh-draw k` draws again, with seed k, from debian-4k's `rest.jsonl` (same cap per section,
+sections that still have `--min-section` packages there): a set no rule was chosen on, kept as the
+locked test draw (docs/benchmarks.md says which results were made on it, once).
 """
 
 from __future__ import annotations
@@ -116,7 +122,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default=",".join(ENCODERS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh-draw", type=int, default=0, help="k > 0: draw from <name>/rest.jsonl with seed k")
     args = parser.parse_args()
+    if args.fresh_draw:
+        base = OUT / args.name
+        if not (base / "rest.jsonl").exists():
+            raise SystemExit(f"{base}/rest.jsonl missing: build {args.name} first")
+        rest = [json.loads(line) for line in (base / "rest.jsonl").open()]
+        counts: dict[str, int] = defaultdict(int)
+        for p in rest:
+            counts[p["label"]] += 1
+        rest = [p for p in rest if counts[p["label"]] >= args.min_section]
+        chosen, left = draw(rest, args.per_section, args.fresh_draw)
+        write_set(OUT / f"{args.name}-draw{args.fresh_draw}", chosen, left, args,
+                  {"drawn_from": f"{args.name}/rest.jsonl", "seed": args.fresh_draw})
+        return
 
     dump = subprocess.run(["apt-cache", "dumpavail"], check=True, capture_output=True, text=True).stdout
     records = parse_dumpavail(dump)
@@ -127,7 +147,13 @@ def main() -> None:
         raise SystemExit("no long descriptions: run `apt-get update -o Acquire::Languages=en` first")
     items = packages(records, long, args.min_section)
     chosen, rest = draw(items, args.per_section, args.seed)
-    folder = OUT / args.name
+    print(f"{len(records)} packages, {len(items)} source packages", flush=True)
+    write_set(OUT / args.name, chosen, rest, args,
+              {"packages": len(records), "source_packages": len(items), "seed": args.seed})
+
+
+def write_set(folder: Path, chosen: list[dict], rest: list[dict], args: argparse.Namespace, meta: dict) -> None:
+    """items.jsonl, rest.jsonl, one text_<model>.npy per encoder (float16) and meta.json."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "items.jsonl").open("w") as f:
         for p in chosen:
@@ -136,16 +162,15 @@ def main() -> None:
         for p in rest:
             f.write(json.dumps(p) + "\n")
     labels = sorted({p["label"] for p in chosen})
-    print(f"{len(records)} packages, {len(items)} source packages in {len(labels)} sections; "
-          f"{len(chosen)} drawn (<= {args.per_section} per section), {len(rest)} left", flush=True)
+    print(f"{len(chosen)} drawn in {len(labels)} sections (<= {args.per_section} per section), {len(rest)} left",
+          flush=True)
     texts = [p["text"] for p in chosen]
     for model in args.models.split(","):
         started = time.perf_counter()
         vectors = load_encoder(model, args.threads)(texts)
         np.save(folder / f"text_{model}.npy", vectors.astype(np.float16))
         print(f"{model}: {vectors.shape} in {time.perf_counter() - started:.0f} s", flush=True)
-    meta = {"packages": len(records), "source_packages": len(items), "sections": labels, "items": len(chosen),
-            "per_section": args.per_section, "min_section": args.min_section, "seed": args.seed}
+    meta.update(sections=labels, items=len(chosen), per_section=args.per_section, min_section=args.min_section)
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
     print(f"wrote {folder}")
 

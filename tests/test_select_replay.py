@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from adapters import candidates
 from bench.compat import summarise
 from bench.select_replay import LABELLED_RULES, replay
 
-METHODS = candidates()
+METHODS = ["procrustes", "affine", "adjoint", "lambda_orth", "oca", "bt2"]  # the candidates of the stored runs
 
 
 def metric(v: float) -> dict[str, float]:

@@ -248,6 +248,15 @@ def test_bad_training_requests(client, upgraded) -> None:
     assert client.get("/v1/jobs/99999").status_code == 404
 
 
+def test_a_method_that_needs_labels_is_refused_on_unlabelled_pairs(client) -> None:
+    v1, v2, coll = unique("v1"), unique("v2"), unique("g")
+    uid = lineage_with_gallery(client, (v1, v2, coll), OLD[:30], NEW[:30], IDS[:30], LABELS[:30])
+    assert upload_pairs(client, uid, IDS[:150], OLD[:150], NEW[:150]).status_code == 200
+    r = client.post(f"/v1/upgrades/{uid}/train", json={"method": "oca"})
+    assert r.status_code == 422 and r.json()["field"] == "method" and "needs labels" in r.json()["detail"], r.text
+    assert all(j["subject"] != f"upgrade:{uid}" for j in client.get("/v1/jobs", params={"limit": 500}).json())
+
+
 def test_cancel_a_running_job(client) -> None:
     v1, v2, coll = unique("v1"), unique("v2"), unique("g")
     uid = lineage_with_gallery(client, (v1, v2, coll), OLD[:200], NEW[:200], IDS[:200], LABELS[:200])

@@ -14,5 +14,8 @@ from adapters.methods import adjoint
 from adapters.methods import lambda_orth
 from adapters.methods import oca
 from adapters.methods import bt2
+from adapters.methods import drift_lowrank
+from adapters.methods import drift_mlp
+from adapters.methods import rank_distill
 from adapters.methods import slerp
 from adapters.methods import auto

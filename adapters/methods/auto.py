@@ -1,55 +1,55 @@
-"""`auto`: fit every applicable method, score each out-of-fold on the training pairs, keep the best.
+"""`auto`: fit the applicable methods, score each out-of-fold on the training pairs, keep the best
+one the evidence supports -- and the best closed-form baseline whenever it does not.
 
 Selection never looks at the caller's test set. The training pairs are cut into k folds (3 by
-default); each candidate is fitted on all pairs but one fold and maps that fold's new vectors,
-so every scored query comes from a map that never saw its pair. Folds are scored until at least
+default); each candidate is fitted on all pairs but one fold and maps that fold's new vectors, so
+every scored query comes from a map that never saw its pair. Folds are scored until at least
 `min_eval_items` pairs are covered (on ~2k pairs: all of them; on 100k: one fold), and at most
-`max_eval_items` of them are evaluated (a random sample), because a single 20 % holdout of ~2k
-pairs (~430 items) proved too noisy: its ECC verdicts flipped between seeds and let a lone,
-barely-passing candidate win (docs/adapters.md).
+`max_eval_items` of them are evaluated (a random sample).
 
-The evaluation is leave-one-out retrieval over the scored pool (queries mapped out-of-fold, the
-gallery their old vectors), as evaluate.py does on a test set:
-- with labels, half the classes (drawn at random) are *unseen*: each lies wholly inside one
-  fold, so its items are mapped by a model that never saw the category -- what a gallery's new
-  content looks like -- while the other classes' items are spread over every fold (seen). The
-  ECC verdict and `new/old` are measured on the whole pool (relevance = label); candidates are
-  *ranked* by their worse gain over the closed-form baselines: mAP@R on the unseen part and on
-  the seen part, each divided by the better of Procrustes and ridge there, the smaller of the two
-  ratios counting (`rank_by="worse_gain"`). A map is chosen for being an upgrade on new
-  categories *and* on known ones. Label-supervised maps (bt2, lambda_orth) excel on seen classes
-  and can fall below the baselines on unseen ones; ranking by the mixed pool picked bt2 there, and
-  so did dividing each part by its best candidate (`"worse_part"`, the previous rule: bt2's
-  seen-class lead shrank every other map's seen ratio). Which classes are unseen is one random
-  draw, and with few classes that draw moves the unseen score more than the candidates differ,
-  so the draw is repeated (`repeats`, 3) and the scores averaged (docs/adapters.md);
-- without labels, folds are random; the ECC verdict uses the neutral consensus-neighbour
-  relevance, and candidates are ranked by pseudo-labels -- spherical k-means clusters of the pool's
-  joint embeddings [old, new] (metrics.cluster_labels), groups both models agree on. Item-level
-  consensus neighbours cannot rank: they are old-model neighbourhoods by construction and always
-  favour mapping a query onto its own old vector (Procrustes), even where labels show other maps
-  retrieve the right category far better. Clusters of the new embeddings alone (the previous
-  rule) lean towards the new model; on the 16 label-free WordNet-4k pools the joint clusters'
-  best candidate was the true-label best in 16, the new-model clusters' in 15 (docs/adapters.md).
-The winner is the best-ranked candidate among those that pass the ECC (or the best-ranked overall,
-flagged, when none does), refitted on all training pairs. Methods that need the query in both
-models (slerp) are not candidates: a plain new-model query cannot use them.
-Cost: every candidate is fitted once per scored fold and draw, plus the winner's refit: with
-labels (3 draws x 3 folds) 69-267 s on ~2.1k pairs on 2 cores, without (1 x 3) a third of that
-(bench/compat.py records `auto_fit_seconds`).
+Which candidates are fitted at all (the cost of auto is the trained methods' fits):
+- a method that needs labels (oca) is not offered without them;
+- a trained method is offered only when the fitting folds hold `auto_min_pairs` pairs (5,000;
+  `trained_min_pairs` overrides it for every trained method): on
+  ~1.4k fitting pairs every trained method stayed at its closed-form start or lost on held-out
+  pairs, on WordNet and on Debian (docs/adapters.md), while costing most of the time;
+- screening: on the first scored fold a trained candidate that does not beat the best closed-form
+  candidate's score on that fold is dropped (`not_ranked` says why, "stayed at start" when no
+  training step improved on its initialisation) and costs no further fits. Trained candidates
+  also train at most `trained_max_steps` steps here.
+
+Scoring (as evaluate.py does on a test set, leave-one-out over the scored pool):
+- with labels, half the classes (drawn at random) are *unseen*: each lies wholly inside one fold,
+  so its items are mapped by a model that never saw the category. The ECC verdict and `new/old`
+  are measured on the whole pool; candidates are ranked by the worse of their two gains over the
+  best closed-form baseline (mAP@R on the unseen part and on the seen part, each divided by the
+  better of Procrustes and ridge there; `rank_by="worse_gain"`). The draw of unseen classes is
+  repeated (`repeats`, 3) and the scores averaged;
+- without labels, folds are random; the ECC verdict uses consensus neighbours and candidates are
+  ranked by pseudo-labels: spherical k-means clusters of the pool's joint embeddings [old, new].
+
+The choice, and why it can be a baseline. A candidate other than the closed-form baselines is
+*supported* when, item by item against the best baseline (the baseline ranked first), its
+out-of-fold top-1 and AP@R differences have a lower confidence bound (mean - `safety_z` x standard
+error, items averaged over draws) above -`tolerance` on both metrics: it may not be shown to lose
+more than .005 on either. The winner is the best-ranked candidate that is supported and passes the
+ECC; a baseline is always supported. Where the evidence for a richer map is weak (few pairs, small
+margins, a top-1 traded for mAP@R), the baseline is chosen. Then the winner is refitted on all pairs.
+Methods that need the query in both models (slerp) are never candidates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
-from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, choose, cross_row, queries_row
-from adapters.metrics import cluster_labels, retrieval_metrics
-from adapters.registry import baselines, candidates, create, register_method
+from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, cross_row, queries_row
+from adapters.metrics import cluster_labels, per_query_quality, retrieval_metrics
+from adapters.registry import METHODS, baselines, candidates, create, create_stored, register_method
 from adapters.vectors import normalize
 
 
@@ -81,24 +81,63 @@ def selection_folds(n: int, labels: np.ndarray | None, folds: int, seed: int) ->
 
 
 @dataclass
+class NotRanked:
+    """A candidate auto did not rank, and why (shown to the operator beside the ranked ones)."""
+
+    reason: str  # needs_labels | needs_pairs | stayed_at_start | screened_out
+    note: str
+    fit_seconds: float = 0.0
+
+
+@dataclass
 class OutOfFold:
-    """Every candidate's mapped queries for the scored pool of training pairs."""
+    """Every ranked candidate's mapped queries for the scored pool of training pairs."""
 
     pool: np.ndarray  # indices into the training pairs, sorted
     unseen: np.ndarray  # bool per pool item: its class was held out whole
     queries: dict[str, np.ndarray]  # candidate -> (len(pool), d_old), pool order
     fit_seconds: dict[str, float]  # candidate -> summed over the folds fitted
-    stayed: dict[str, float]  # candidates that returned their initialisation -> seconds spent on them
+
+
+@dataclass
+class Screen:
+    """The first-fold screen of trained candidates (run once, on the first draw)."""
+
+    labels: np.ndarray | None
+    x_old: np.ndarray
+    x_new: np.ndarray
+    seed: int
+    dropped: dict[str, NotRanked] = field(default_factory=dict)
+
+    def apply(self, fold: np.ndarray, mapped: dict[str, np.ndarray], reports: dict[str, Any],
+              seconds: dict[str, float]) -> None:
+        """Drop trained candidates that do not beat the best closed form here. One that stayed at its
+        start is said to have (its start is Procrustes for most: the same map under another name);
+        bt2's start is its own architecture, which can beat Procrustes, so staying is no reason alone."""
+        relevance = self.labels[fold] if self.labels is not None else cluster_labels(
+            np.hstack([normalize(self.x_old[fold]), normalize(self.x_new[fold])]), seed=self.seed)
+        score = {name: retrieval_metrics(q, self.x_old[fold], relevance).mAP_at_R for name, q in mapped.items()}
+        closed = {n: s for n, s in score.items() if not METHODS[n].cls.trained}
+        best = max(closed, key=closed.get)
+        for name, report in reports.items():
+            if not METHODS[name].cls.trained:
+                continue
+            if score[name] > closed[best]:
+                continue
+            if report.stayed_at_start:
+                self.dropped[name] = NotRanked("stayed_at_start", "stayed at start on the first fold: no training "
+                                               "step improved on its initialisation, which is not above "
+                                               f"{best} there", seconds[name])
+            else:
+                self.dropped[name] = NotRanked(
+                    "screened_out", f"first fold: mAP@R {score[name]:.4f}, not above {best}'s {closed[best]:.4f}",
+                    seconds[name])
 
 
 def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: np.ndarray | None,
-                params: dict[str, Any], seed: int, progress: ProgressFn) -> OutOfFold:
+                params: dict[str, Any], seed: int, progress: ProgressFn, screen: Screen | None) -> OutOfFold:
     """Fit each candidate once per scored fold (on the other folds) and map the fold's new vectors.
-
-    A trained candidate that returns its initialisation on every scored fold (no step improved on
-    its start: on frozen features OCA's orthogonal map stays at its Procrustes start) is reported
-    in `stayed`: it would only repeat another candidate under its own name, so the caller ranks
-    it nowhere and spends no further draws on it."""
+    With `screen`, after the first fold the trained candidates it drops are fitted no further."""
     parts, unseen = selection_folds(len(x_old), labels, int(params["folds"]), seed)
     scored: list[np.ndarray] = []
     for held in parts:
@@ -114,25 +153,33 @@ def out_of_fold(names: list[str], x_old: np.ndarray, x_new: np.ndarray, labels: 
     order = np.argsort(pool)
     queries: dict[str, list[np.ndarray]] = {name: [] for name in names}
     seconds = dict.fromkeys(names, 0.0)
-    stayed_folds: dict[str, int] = dict.fromkeys(names, 0)
-    steps = len(names) * len(scored)
+    active = list(names)
     for f, held in enumerate(scored):
         fit = np.setdiff1d(np.arange(len(x_old)), parts[f])
-        for i, name in enumerate(names):
-            done = f * len(names) + i
+        reports = {}
+        for i, name in enumerate(active):
+            def sub(fraction: float, message: str, i: int = i, fold: int = f, width: int = len(active)) -> None:
+                progress((fold + (i + fraction) / width) / len(scored), f"fold {fold + 1}/{len(scored)}: {message}")
 
-            def sub(fraction: float, message: str, done: int = done, fold: int = f) -> None:
-                progress((done + fraction) / steps, f"fold {fold + 1}/{len(scored)}: {message}")
-
-            candidate = create(name, **params["method_params"].get(name, {}))
+            candidate = create(name, **method_params(name, params))
             candidate.fit(x_old[fit], x_new[fit], None if labels is None else labels[fit], seed=seed, progress=sub)
             seconds[name] += candidate.report.fit_seconds
-            stayed_folds[name] += int(candidate.report.stayed_at_start)
+            reports[name] = candidate.report
             queries[name].append(candidate.transform(x_new[held]))
-    stayed = {name: seconds[name] for name, n in stayed_folds.items() if n == len(scored)}
+        if f == 0 and screen is not None:
+            screen.apply(held, {n: queries[n][0] for n in active}, reports, seconds)
+            active = [n for n in active if n not in screen.dropped]
     return OutOfFold(pool=pool[order], unseen=unseen[pool][order],
-                     queries={name: np.concatenate(q)[order] for name, q in queries.items()},
-                     fit_seconds=seconds, stayed=stayed)
+                     queries={name: np.concatenate(queries[name])[order] for name in active},
+                     fit_seconds={name: seconds[name] for name in active})
+
+
+def method_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's parameters inside auto: the caller's, over auto's step cap for trained methods."""
+    own = dict(params["method_params"].get(name, {}))
+    if METHODS[name].cls.trained and "max_steps" in METHODS[name].defaults:
+        own.setdefault("max_steps", int(params["trained_max_steps"]))
+    return own
 
 
 RANK_BY = ("worse_gain", "worse_part", "unseen", "seen", "pool")
@@ -141,12 +188,14 @@ PARTS = ("unseen", "seen")
 
 @dataclass
 class PoolScores:
-    """One scored pool: per-candidate rows (new/old with ECC verdict), per-part mAP@R, baseline rows."""
+    """One scored pool: per-candidate rows (new/old with ECC verdict), per-part mAP@R, baseline rows,
+    and each candidate's per-item (top-1, AP@R) under the ranking relevance."""
 
     results: dict[str, dict[str, Any]]
     parts: dict[str, dict[str, float]]  # part -> candidate -> mAP@R (parts too small to rank by are absent)
     rows: dict[str, dict[str, float]]
     relevance: str
+    per_item: dict[str, np.ndarray] = field(default_factory=dict)  # candidate -> (n_train, 2), NaN off-pool
 
 
 def score_pool(oof: OutOfFold, x_old: np.ndarray, x_new: np.ndarray, labels: np.ndarray | None,
@@ -159,22 +208,29 @@ def score_pool(oof: OutOfFold, x_old: np.ndarray, x_new: np.ndarray, labels: np.
     rows = baseline_rows(test)
     results = {name: {**queries_row(q, test, rows), "fit_seconds": oof.fit_seconds[name]}
                for name, q in oof.queries.items()}
-    parts: dict[str, dict[str, float]] = {}
+    relevance = pool_labels
     if labels is None:
-        pseudo = cluster_labels(np.hstack([normalize(test.old), normalize(test.new)]), seed=seed)
-        parts["selection"] = {name: retrieval_metrics(q, test.old, pseudo).mAP_at_R for name, q in oof.queries.items()}
-        return PoolScores(results, parts, rows, test.relevance)
-    for part, mask in zip(PARTS, (oof.unseen, ~oof.unseen), strict=True):
-        if mask.sum() < 10 or len(np.unique(pool_labels[mask])) < 2:
-            continue  # too small to rank by (e.g. fewer than 4 classes: nothing is unseen)
-        parts[part] = {name: retrieval_metrics(q[mask], test.old[mask], pool_labels[mask]).mAP_at_R
-                       for name, q in oof.queries.items()}
-    return PoolScores(results, parts, rows, test.relevance)
+        relevance = cluster_labels(np.hstack([normalize(test.old), normalize(test.new)]), seed=seed)
+    per_item = {}
+    for name, q in oof.queries.items():
+        per_item[name] = np.full((len(x_old), 2), np.nan)
+        per_item[name][oof.pool] = per_query_quality(q, test.old, relevance)
+    parts: dict[str, dict[str, float]] = {}
+    if labels is None:  # the pool's mAP@R against the pseudo-labels: the mean of the per-item AP@R
+        parts["selection"] = {name: float(np.nanmean(v[oof.pool, 1])) for name, v in per_item.items()}
+    else:
+        for part, mask in zip(PARTS, (oof.unseen, ~oof.unseen), strict=True):
+            if mask.sum() < 10 or len(np.unique(pool_labels[mask])) < 2:
+                continue  # too small to rank by (e.g. fewer than 4 classes: nothing is unseen)
+            parts[part] = {name: retrieval_metrics(q[mask], test.old[mask], pool_labels[mask]).mAP_at_R
+                           for name, q in oof.queries.items()}
+    return PoolScores(results, parts, rows, test.relevance, per_item)
 
 
 def average_pools(pools: list[PoolScores]) -> PoolScores:
     """Repeats (different unseen-class draws) merged: every score is the mean over repeats, and the
-    ECC verdict and gap closed are taken again on the means; fit seconds add up."""
+    ECC verdict and gap closed are taken again on the means; fit seconds add up; per-item quality
+    is averaged over the draws that scored the item."""
     if len(pools) == 1:
         return pools[0]
 
@@ -187,7 +243,11 @@ def average_pools(pools: list[PoolScores]) -> PoolScores:
                for name in pools[0].results}
     shared = set.intersection(*(set(p.parts) for p in pools))
     parts = {part: mean_metrics([p.parts[part] for p in pools]) for part in shared}
-    return PoolScores(results, parts, rows, pools[0].relevance)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": items no draw scored stay NaN
+        per_item = {name: np.nanmean(np.stack([p.per_item[name] for p in pools]), axis=0) for name in results
+                    if all(name in p.per_item for p in pools)}
+    return PoolScores(results, parts, rows, pools[0].relevance, per_item)
 
 
 def rank_candidates(scores: PoolScores, rank_by: str) -> dict[str, float]:
@@ -195,12 +255,9 @@ def rank_candidates(scores: PoolScores, rank_by: str) -> dict[str, float]:
 
     Without labels: mAP@R against the joint-cluster pseudo-labels. With labels, `rank_by`:
     - "worse_gain" (default): the worse of the two parts' gains over the best closed-form baseline
-      on that part (score / max(procrustes, affine)). A map is chosen for being an upgrade over
-      Procrustes/ridge whether the gallery's categories are new or known. The reference is fixed:
-      one candidate's exceptional score on one part does not rescale everybody else's;
-    - "worse_part": the same with the best candidate on each part as the reference (the previous
-      default: bt2's large seen-class lead lowered every other map's seen score and made it win
-      where it was worse on unseen categories than the baselines);
+      on that part (score / max(procrustes, affine)). The reference is fixed: one candidate's
+      exceptional score on one part does not rescale everybody else's;
+    - "worse_part": the same with the best candidate on each part as the reference;
     - "unseen" / "seen": mAP@R on that part alone, for callers who know their gallery's
       categories are new, or fixed; "pool": mAP@R on the whole scored pool.
     A part too small to rank by is skipped; with no part left the pool score ranks.
@@ -221,6 +278,42 @@ def rank_candidates(scores: PoolScores, rank_by: str) -> dict[str, float]:
     return {name: min(rel) for name, rel in relative.items()}
 
 
+def support(scores: PoolScores, ranking: dict[str, float], z: float,
+            tolerance: float) -> tuple[str, dict[str, dict]]:
+    """(the reference baseline, per candidate: item-paired top-1 / AP@R differences against it and
+    whether they support choosing the candidate -- lower bound mean - z*SE >= -tolerance on both)."""
+    present = [b for b in baselines() if b in scores.results]
+    reference = max(present, key=ranking.get)
+    out: dict[str, dict] = {}
+    for name in scores.results:
+        if name in present:
+            out[name] = {"supported": True, "versus": reference}
+            continue
+        diff = scores.per_item[name] - scores.per_item[reference]
+        diff = diff[~np.isnan(diff).any(axis=1)]
+        entry: dict[str, Any] = {"versus": reference, "items": len(diff)}
+        ok = len(diff) >= 2
+        for column, metric in enumerate(("top1", "AP@R")):
+            mean = float(diff[:, column].mean()) if len(diff) else 0.0
+            se = float(diff[:, column].std(ddof=1) / np.sqrt(len(diff))) if len(diff) >= 2 else float("inf")
+            entry[metric] = {"mean_difference": mean, "lower_bound": mean - z * se}
+            ok = ok and mean - z * se >= -tolerance
+        entry["supported"] = ok
+        out[name] = entry
+    return reference, out
+
+
+def choose_supported(results: dict[str, dict[str, Any]], ranking: dict[str, float],
+                     supported: dict[str, dict]) -> str:
+    """Best-ranked among: supported and passing the ECC; else passing; else supported."""
+    ok = {n for n in results if supported[n]["supported"]}
+    passing = {n for n in results if results[n]["ecc"]}
+    for group in (ok & passing, passing, ok):
+        if group:
+            return max(group, key=ranking.get)
+    return max(results, key=ranking.get)
+
+
 @register_method()
 class Auto(Adapter):
     name = "auto"
@@ -234,53 +327,78 @@ class Auto(Adapter):
     @classmethod
     def default_params(cls) -> dict:
         return {"methods": candidates(), "folds": 3, "min_eval_items": 2_000, "max_eval_items": 5_000,
-                "repeats": 3, "rank_by": "worse_gain", "method_params": {}}
+                "repeats": 3, "rank_by": "worse_gain", "method_params": {}, "screen": True,
+                "trained_max_steps": 600, "trained_min_pairs": None, "safety_z": 1.0, "tolerance": 0.005}
+
+    def _offered(self, n_pairs: int, labels: np.ndarray | None) -> tuple[list[str], dict[str, NotRanked]]:
+        """The candidates worth fitting here, and why the others are not."""
+        offered, skipped = [], {}
+        fitting = n_pairs - n_pairs // int(self.params["folds"])
+        for name in self.params["methods"]:
+            if name not in METHODS or name == "auto" or not METHODS[name].servable:
+                continue
+            cls = METHODS[name].cls
+            min_pairs = cls.auto_min_pairs
+            if cls.trained and self.params["trained_min_pairs"] is not None:
+                min_pairs = int(self.params["trained_min_pairs"])
+            if cls.needs_labels and labels is None:
+                skipped[name] = NotRanked("needs_labels", f"needs labels: {cls.label_requirement}")
+            elif min_pairs > fitting:
+                skipped[name] = NotRanked("needs_pairs", f"offered from {min_pairs:,} fitting pairs "
+                                          f"({fitting:,} here); fit it directly to try it")
+            else:
+                offered.append(name)
+        return offered, skipped
 
     def _fit(self, x_old, x_new, labels, seed, progress: ProgressFn) -> FitReport:
-        names = [m for m in self.params["methods"] if m not in {"auto", "slerp"}]
+        names, not_ranked = self._offered(len(x_old), labels)
         # with labels the fold draw decides which classes are unseen, and with few classes that draw
         # dominates the unseen part's score: repeat it and average (without labels, one draw)
         repeats = 1
         if labels is not None and len(np.unique(labels)) >= 4:  # fewer classes: nothing is held out whole
             repeats = max(1, int(self.params["repeats"]))
+        screen = Screen(labels, x_old, x_new, seed) if self.params["screen"] else None
         pools = []
-        stayed: dict[str, float] = {}
         for r in range(repeats):
             def sub(f: float, m: str, r: int = r) -> None:
                 progress(0.75 * (r + f) / repeats, f"auto: draw {r + 1}/{repeats}: {m}")
 
-            oof = out_of_fold([n for n in names if n not in stayed], x_old, x_new, labels, self.params, seed + r, sub)
-            stayed.update(oof.stayed)
+            active = [n for n in names if screen is None or n not in screen.dropped]
+            oof = out_of_fold(active, x_old, x_new, labels, self.params, seed + r, sub, screen if r == 0 else None)
             pools.append(score_pool(oof, x_old, x_new, labels, seed + r))
-        kept = set.intersection(*(set(p.results) for p in pools)) - set(stayed)  # never ranked
+        if screen is not None:
+            not_ranked.update(screen.dropped)
+        kept = set.intersection(*(set(p.results) for p in pools))
         for p in pools:
             p.results = {n: v for n, v in p.results.items() if n in kept}
             p.parts = {part: {n: v for n, v in sc.items() if n in kept} for part, sc in p.parts.items()}
+            p.per_item = {n: v for n, v in p.per_item.items() if n in kept}
         scores = average_pools(pools)
         results, ranking = scores.results, rank_candidates(scores, self.params["rank_by"])
+        reference, supported = support(scores, ranking, float(self.params["safety_z"]), float(self.params["tolerance"]))
         for part, part_scores in scores.parts.items():
             for name, value in part_scores.items():
                 results[name][f"{part}_mAP@R"] = value
         for name, score in ranking.items():
             results[name]["rank_score"] = score
-        chosen = choose(results, ranking)
-        passed = chosen is not None
-        if chosen is None:
-            chosen = max(results, key=ranking.get)
+            results[name]["support"] = supported[name]
+        chosen = choose_supported(results, ranking, supported)
+        best_ranked = max(results, key=ranking.get)
         progress(0.75, f"auto: refitting {chosen} on all pairs")
         self.chosen = create(chosen, **self.params["method_params"].get(chosen, {}))
-        inner = self.chosen.fit(x_old, x_new, labels, seed=seed,
-                                progress=lambda f, m: progress(0.75 + 0.25 * f, m))
+        inner = self.chosen.fit(x_old, x_new, labels, seed=seed, progress=lambda f, m: progress(0.75 + 0.25 * f, m))
+        not_ranked_out = {name: vars(nr) for name, nr in not_ranked.items()}
         return FitReport(
             method=self.name,
             steps=inner.steps,
             curve=inner.curve,
-            notes={"selected": chosen, "selected_passes_ecc": passed, "holdout_rows": scores.rows,
-                   "candidates": results, "holdout_size": len(oof.pool), "holdout_unseen": int(oof.unseen.sum()),
-                   "selection_repeats": repeats,
-                   "stayed_at_start": {name: {"fit_seconds": sec, "note": "stayed at start: no training step "
-                                              "improved on its initialisation, so it was not ranked"}
-                                       for name, sec in stayed.items()},
+            notes={"selected": chosen, "selected_passes_ecc": bool(results[chosen]["ecc"]),
+                   "best_ranked": best_ranked, "reference_baseline": reference,
+                   "baseline_for_weak_evidence": chosen != best_ranked and chosen in baselines(),
+                   "holdout_rows": scores.rows, "candidates": results, "holdout_size": len(oof.pool),
+                   "holdout_unseen": int(oof.unseen.sum()), "selection_repeats": repeats,
+                   "not_ranked": not_ranked_out,
+                   "stayed_at_start": {n: v for n, v in not_ranked_out.items() if v["reason"] == "stayed_at_start"},
                    "rank_by": self.params["rank_by"] if labels is not None else "clusters",
                    "holdout_relevance": scores.relevance, "selected_report": inner.as_dict()},
         )
@@ -300,7 +418,7 @@ class Auto(Adapter):
 
     def restore_config(self, config: dict) -> None:
         inner = config["selected"]
-        self.chosen = create(inner["method"], **inner["params"])
+        self.chosen = create_stored(inner["method"], inner["params"])
         self.chosen.d_old, self.chosen.d_new = inner["d_old"], inner["d_new"]
 
     def tensors(self) -> dict[str, np.ndarray]:

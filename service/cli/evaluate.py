@@ -97,12 +97,15 @@ def build_report(data: dict[str, Any], method: str, seed: int, progress,
     """Fit and evaluate; the returned dict is the --json document."""
     from adapters import METHODS, candidates, create
     from adapters.evaluate import EvalSet, baseline_rows, method_row
+    from adapters.metrics import pairing_metrics
 
     if method not in METHODS:
         raise BadInput(f"--method: unknown method {method!r}; choose from {', '.join(METHODS)}")
     test = EvalSet(data["old_test"], data["new_test"], data["labels_test"])
     rows = baseline_rows(test)
     names = [*candidates(), *(m for m, spec in METHODS.items() if not spec.servable)] if method == "auto" else [method]
+    if data["labels_train"] is None:  # e.g. oca: no objective without labels (it refuses to fit)
+        names = [n for n in names if n == method or not METHODS[n].cls.needs_labels]
     methods: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Any] = {}
     total = len(names) + (1 if method == "auto" else 0)
@@ -127,16 +130,21 @@ def build_report(data: dict[str, Any], method: str, seed: int, progress,
         fitted[selected] = auto.chosen
         notes = auto.report.notes
         selection = {k: notes[k] for k in ("selected_passes_ecc", "holdout_size", "holdout_unseen",
-                                            "holdout_relevance", "selection_repeats", "rank_by")}
+                                            "holdout_relevance", "selection_repeats", "rank_by", "best_ranked",
+                                            "reference_baseline", "not_ranked")}
         selection["auto_fit_seconds"] = auto.report.fit_seconds  # candidates out-of-fold + the refit
         selection["holdout_candidates"] = {
             name: {k: r[k] for k in ("new/old", "ecc", "rank_score", "unseen_mAP@R", "seen_mAP@R",
-                                     "selection_mAP@R") if k in r}
+                                     "selection_mAP@R", "support") if k in r}
             for name, r in notes["candidates"].items()
         }
+    queries = data.get("queries_new_test")  # optional asymmetric task: other new-model queries, item i -> gallery i
+    asym = {} if queries is None else {"new/new": pairing_metrics(queries, data["new_test"]).as_dict()}
     for name in names:
         adapter = fitted.get(name) or fit(name)
         methods[name] = method_row(adapter, test, rows)
+        if queries is not None and not adapter.needs_old_query:
+            methods[name]["asym new/old"] = pairing_metrics(adapter.transform(queries), data["old_test"]).as_dict()
         methods[name]["needs_both_query_embeddings"] = adapter.needs_old_query
         if adapter.report and adapter.report.curve:
             methods[name]["curve"] = adapter.report.curve
@@ -144,6 +152,7 @@ def build_report(data: dict[str, Any], method: str, seed: int, progress,
     return {
         "rows": rows,
         "methods": methods,
+        "asymmetric": asym,
         "selected": selected,
         "selection": selection,
         "relevance": test.relevance,

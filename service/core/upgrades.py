@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters import create, servable
+from adapters import METHODS, create, servable
 from adapters.bundle import HOLDOUT_FRACTION, UpgradeBundle, build_bundle, split_holdout
 from adapters.evaluate import PRIMARY, EvalSet
 from service.core.bundle_files import bundle_directory, read_bundle_files
@@ -166,6 +166,10 @@ class Upgrades:
         coverage = self.store.label_coverage(upgrade, label_field)
         if coverage.partial:
             raise Invalid(coverage.describe(), "label_field")
+        spec = METHODS[method].cls
+        if spec.needs_labels and coverage.labelled == 0:
+            raise Invalid(f"{method} needs labels on the training pairs ({spec.label_requirement}); these "
+                          f"{coverage.pairs} pairs have none", "method")
         return self._queue_training(upgrade, method, params, label_field, seed, trigger="request")
 
     def _queue_training(self, upgrade: UpgradeRecord, method: str, params: dict[str, Any], label_field: str | None,
@@ -213,8 +217,8 @@ class Upgrades:
         if ev.get("stayed_at_start"):
             ctx.log(f"{ev['selected']} stayed at start: no training step improved on its initialisation, so it "
                     "is that initialisation (e.g. Procrustes) under another name")
-        for name in ev.get("candidates_stayed_at_start", {}):
-            ctx.log(f"auto: {name} stayed at start and was not ranked")
+        for name, why in ev.get("candidates_not_ranked", {}).items():
+            ctx.log(f"auto: {name} not ranked: {why['note']}")
         ctx.progress(0.96, "saving the transformation")
         relative = Path(f"u{upgrade.id}") / f"job{ctx.job.id}-{uuid.uuid4().hex[:8]}"
         staging = self.root / (str(relative) + ".partial")

@@ -1,0 +1,135 @@
+"""Label-free upgrades from many pairs: fit on the 20,000 unlabelled WordNet-20k pairs, test on WordNet-4k.
+
+    python -m bench.label_free                            # every pair of bench.compat + e5 -> mpnet
+    python -m bench.label_free --pairs minilm:mpnet --methods procrustes,rank_distill
+
+The realistic upgrade: a team re-embeds a sample of its gallery (10k-100k items) with the new model
+and has no labels. Every method is fitted on the 20k WordNet-20k pairs without labels (auto too) and
+measured on the 4,309 WordNet-4k items, which no fit saw (disjoint definitions):
+- symmetric task (methods.md): leave-one-out over the 4,309 definitions, relevance = same WordNet
+  category; new/old top-1 and mAP@R, and Drift-Adapter's *recovery* = new/old ÷ new/new (top-1);
+- asymmetric task: the query is a definition's *word* embedded by the new model (pair_<new>.npy),
+  the gallery the definitions embedded by the old model; the one relevant item is the word's own
+  definition: Recall@1, Recall@10, MRR, and recovery of Recall@10 against new/new (word and
+  definitions both in the new model). Short queries against documents, as retrieval apps ask them.
+The targets of issue #15 are checked per pair and printed as verdicts: minilm <-> mpnet new/old mAP@R
+>= new/new and top-1 recovery >= 0.97; every pair beats the best closed-form baseline (procrustes,
+affine) on top-1 and mAP@R; asymmetric Recall@10 >= 0.95 x new/new. Writes bench/results/label_free.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from adapters import baselines, create
+from adapters.metrics import pairing_metrics, retrieval_metrics
+from bench.compat import DATA, PAIRS, RESULTS, load_wordnet
+from service.cli.evaluate import _jsonable
+
+METHODS = ["procrustes", "affine", "adjoint", "lambda_orth", "bt2", "drift_lowrank", "drift_mlp", "rank_distill",
+           "auto"]
+
+
+def symmetric(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    m = retrieval_metrics(queries, gallery, labels)
+    return {"top1": m.top1, "mAP@R": m.mAP_at_R}
+
+
+def asymmetric(queries: np.ndarray, gallery: np.ndarray) -> dict[str, float]:
+    m = pairing_metrics(queries, gallery)
+    return {"R@1": m.recall_at_1, "R@10": m.recall_at_10, "MRR": m.mrr}
+
+
+def run_pair(pair: str, methods: list[str], log) -> dict:
+    old, new = pair.split(":")
+    train, _ = load_wordnet("wordnet-20k")
+    test, labels = load_wordnet("wordnet-4k")
+    words_new = np.load(DATA / "wordnet-4k" / f"pair_{new}.npy").astype(np.float32)
+    out = {"pair": pair, "train_pairs": len(train[old]), "test_items": len(labels),
+           "old/old": symmetric(test[old], test[old], labels), "new/new": symmetric(test[new], test[new], labels),
+           "asym new/new": asymmetric(words_new, test[new]), "methods": {}}
+    for name in methods:
+        adapter = create(name)
+        started = time.perf_counter()
+        report = adapter.fit(train[old], train[new], None, seed=0)
+        seconds = time.perf_counter() - started
+        row = {"fit_seconds": seconds, "steps": report.steps, "stayed_at_start": report.stayed_at_start,
+               "new/old": symmetric(adapter.transform(test[new]), test[old], labels),
+               "asym new/old": asymmetric(adapter.transform(words_new), test[old])}
+        row["recovery_top1"] = row["new/old"]["top1"] / out["new/new"]["top1"]
+        row["recovery_R@10"] = row["asym new/old"]["R@10"] / out["asym new/new"]["R@10"]
+        if name == "auto":
+            row["selected"] = report.notes["selected"]
+            row["not_ranked"] = {n: v["reason"] for n, v in report.notes["not_ranked"].items()}
+        out["methods"][name] = row
+        log(f"{pair:16s} {name:14s} {row['new/old']['top1']:.3f} / {row['new/old']['mAP@R']:.4f}  "
+            f"rec {row['recovery_top1']:.3f}  asym R@10 {row['asym new/old']['R@10']:.3f} "
+            f"({row['recovery_R@10']:.3f})  {seconds:6.1f} s" + (f"  -> {row['selected']}" if name == "auto" else ""))
+    out["verdicts"] = verdicts(out)
+    return out
+
+
+def verdicts(result: dict) -> dict[str, bool | None]:
+    """Issue #15's label-free targets for one pair (None: the target does not apply to this pair)."""
+    methods = result["methods"]
+    best = {m: max(methods[b]["new/old"][m] for b in baselines() if b in methods) for m in ("top1", "mAP@R")}
+    chosen = methods.get("auto")
+    out: dict[str, bool | None] = {}
+    if chosen is not None:
+        out["auto beats best baseline (top-1 and mAP@R)"] = all(chosen["new/old"][m] > best[m] for m in best)
+        out["asym R@10 >= 0.95 x new/new"] = chosen["recovery_R@10"] >= 0.95
+        strong = result["pair"] in ("minilm:mpnet", "mpnet:minilm")
+        out["mAP@R >= new/new"] = chosen["new/old"]["mAP@R"] >= result["new/new"]["mAP@R"] if strong else None
+        out["top-1 recovery >= 0.97"] = chosen["recovery_top1"] >= 0.97 if strong else None
+    return out
+
+
+def table(results: list[dict]) -> str:
+    names = list(results[0]["methods"])
+    head = "| old → new | new/new | " + " | ".join(names) + " |"
+    lines = ["new/old top-1 / mAP@R on WordNet-4k (fitted on 20k unlabelled WordNet-20k pairs); recovery = "
+             "new/old ÷ new/new top-1 in brackets", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        cells = [f"{m['new/old']['top1']:.3f} / {m['new/old']['mAP@R']:.4f} ({m['recovery_top1']:.2f})"
+                 + (f" → {m['selected']}" if "selected" in m else "") for m in r["methods"].values()]
+        lines.append(f"| {r['pair'].replace(':', ' → ')} | {r['new/new']['top1']:.3f} / {r['new/new']['mAP@R']:.4f} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Asymmetric task (word query in the new model, definitions in the old): Recall@1 / Recall@10 / MRR; "
+              "R@10 recovery against new/new in brackets", "", head.replace("new/new", "new/new (words)"),
+              "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        nn = r["asym new/new"]
+        cells = [f"{m['asym new/old']['R@1']:.3f} / {m['asym new/old']['R@10']:.3f} / {m['asym new/old']['MRR']:.3f} "
+                 f"({m['recovery_R@10']:.2f})" for m in r["methods"].values()]
+        lines.append(f"| {r['pair'].replace(':', ' → ')} | {nn['R@1']:.3f} / {nn['R@10']:.3f} / {nn['MRR']:.3f} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Fit seconds (20k pairs, 2 CPU cores): " + "; ".join(
+        f"{r['pair']}: " + ", ".join(f"{n} {m['fit_seconds']:.0f}" for n, m in r["methods"].items()) for r in results)]
+    lines += ["", "| old → new | " + " | ".join(results[0]["verdicts"]) + " |",
+              "|" + "---|" * (len(results[0]["verdicts"]) + 1)]
+    for r in results:
+        marks = ["n/a" if v is None else ("met" if v else "**not met**") for v in r["verdicts"].values()]
+        lines.append(f"| {r['pair'].replace(':', ' → ')} | " + " | ".join(marks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", default=",".join([*PAIRS, "e5:mpnet"]))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args()
+    results = [run_pair(p, args.methods.split(","), lambda m: print(m, flush=True)) for p in args.pairs.split(",")]
+    text = table(results)
+    print("\n" + text)
+    out = RESULTS / "label_free.json"
+    out.write_text(json.dumps(_jsonable({"results": results}), indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
