@@ -45,16 +45,6 @@ def cosine_loss(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(z, target, dim=1)).mean()
 
 
-def info_nce(z: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
-    """Contrastive alignment: z_i must be closer to target_i than to the batch's other targets.
-
-    The label-free counterpart of the influence loss: it shapes the ranking, not only the angle
-    to the paired vector.
-    """
-    logits = F.normalize(z, dim=1) @ F.normalize(target, dim=1).T / tau
-    return F.cross_entropy(logits, torch.arange(len(z), device=z.device))
-
-
 def prototypes(x_old: torch.Tensor, codes: torch.Tensor, n_classes: int, unit_rows: bool = False) -> torch.Tensor:
     """The pseudo-classifier P: per-class means of normalised old features.
 
@@ -160,7 +150,7 @@ def split_indices(n: int, cfg: TrainConfig, generator: torch.Generator, codes: n
             held = np.isin(codes, chosen)
     rest = perm[~held[perm]]
     n_val = 0 if n < 40 else min(cfg.val_max, max(8, int(round(cfg.val_fraction * len(rest)))))
-    unseen = perm[held[perm]][: cfg.val_max]
+    unseen = perm[held[perm]][: cfg.val_max]  # rows of held classes beyond the cap are neither fitted nor scored
     val = np.concatenate([unseen, rest[:n_val]])
     mask = np.zeros(len(val), dtype=bool)
     mask[: len(unseen)] = True

@@ -2,6 +2,7 @@
 
     python -m bench.select_replay                               # every compat results file
     python -m bench.select_replay bench/results/compat.json
+    python -m bench.select_replay --support bench/results/compat.json bench/results/compat_debian-4k.json
 
 Why: a compat run takes ~40 min, but the choice is the only thing a ranking rule changes. Each run
 in compat.json stores every candidate's out-of-fold scores (pool mAP@R and ECC verdict; with
@@ -20,6 +21,8 @@ import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from adapters import baselines
 from bench.compat import RESULTS, summarise
@@ -78,12 +81,66 @@ def replay(runs: list[dict], rule: Rule) -> list[dict]:
     return out
 
 
+def replay_support(runs: list[dict], z: float, tolerance: float) -> list[dict]:
+    """The runs with `selected` replaced by auto's support rule at (z, tolerance), from the stored
+    out-of-fold evidence: each non-baseline's item-paired mean difference against the reference
+    baseline and its lower bound at z = 1 (so its standard error) -- exactly what auto would pick."""
+    from adapters.methods.auto import choose_supported
+
+    out = copy.deepcopy(runs)
+    for run in out:
+        scores = run["report"]["selection"]["holdout_candidates"]
+        supported = {}
+        for name, s in scores.items():
+            evidence = s["support"]
+            ok = evidence["supported"] if name in baselines() else evidence.get("items", 0) >= 2
+            for metric in ("top1", "AP@R"):
+                if name in baselines():
+                    continue
+                mean, bound = evidence[metric]["mean_difference"], evidence[metric]["lower_bound"]
+                ok = ok and mean - z * (mean - bound) >= -tolerance
+            supported[name] = {"supported": ok}
+        ranking = {n: s["rank_score"] for n, s in scores.items()}
+        run["report"]["selected"] = choose_supported(scores, ranking, supported)
+    return out
+
+
+def support_table(files: list[Path], grid: list[tuple[float, float]]) -> None:
+    """Per (z, tolerance): runs where auto falls more than .005 below the better baseline on test
+    (top-1 or mAP@R), rows meeting issue #3's bar, mean gain over the better baseline, per file."""
+    sets = {path.name: json.loads(path.read_text())["runs"] for path in files if path.exists()}
+    columns = "losses > .005 / bar met / mean gain top-1, mAP@R / non-baseline picks"
+    print("z     tol    | " + " | ".join(f"{name}: {columns}" for name in sets))
+    for z, tol in grid:
+        cells = []
+        for runs in sets.values():
+            picked = replay_support(runs, z, tol)
+            gains = []
+            for run in picked:
+                m = run["report"]["methods"]
+                best = {k: max(m[b]["new/old"][k] for b in baselines()) for k in ("top1", "mAP@R")}
+                gains.append([m[run["report"]["selected"]]["new/old"][k] - best[k] for k in best])
+            gains = np.array(gains)
+            rows = summarise(picked)
+            losses = int((gains.min(axis=1) < -0.005).sum())
+            richer = sum(r["report"]["selected"] not in baselines() for r in picked)
+            cells.append(f"{losses:2d} of {len(picked)} / {sum(r['bar_met'] for r in rows):2d} of {len(rows)} / "
+                         f"{gains[:, 0].mean():+.4f}, {gains[:, 1].mean():+.4f} / {richer}")
+        print(f"{z:<5g} {tol:<6g} | " + " | ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", type=Path,
                         default=[RESULTS / "compat.json", RESULTS / "compat_wordnet-20k.json",
                                  RESULTS / "compat_wordnet-20k_draw1.json"])
+    parser.add_argument("--support", action="store_true",
+                        help="replay auto's support rule over a grid of (z, tolerance) instead of ranking rules")
     args = parser.parse_args()
+    if args.support:
+        grid = [(z, tol) for z in (0.0, 0.5, 1.0, 1.64) for tol in (0.0, 0.005, 0.01, 0.02)] + [(0.0, 1.0)]
+        support_table(args.files, grid)
+        return
     for path in args.files:
         if not path.exists():
             print(f"{path}: missing (run bench.compat first)")

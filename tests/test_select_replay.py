@@ -51,3 +51,24 @@ def test_the_bar_needs_the_ecc_wherever_another_method_passes_it() -> None:
     row = summarise(replay([fake_run(0, test_map, oof)], LABELLED_RULES["worse part"]))[0]
     assert row["auto"]["selected"] == ["adjoint"] and row["auto_beats_baselines"]
     assert not row["bar_met"]  # adjoint 0.45 fails the ECC (old/old 0.5); lambda_orth 0.51 passes
+
+
+def test_support_replay_reproduces_auto_s_choice_from_the_stored_evidence() -> None:
+    """A richer map ranked first but behind the baseline on out-of-fold top-1 is chosen only when the
+    rule's (z, tolerance) lets that evidence through."""
+    from bench.select_replay import replay_support
+
+    test_map = {"procrustes": 0.52, "affine": 0.51, "adjoint": 0.55, "lambda_orth": 0.5, "oca": 0.52, "bt2": 0.45}
+    oof = {m: (0.30, 0.30, True) for m in METHODS}
+    oof["adjoint"] = (0.33, 0.33, True)
+    run = fake_run(0, test_map, oof)
+    for name, entry in run["report"]["selection"]["holdout_candidates"].items():
+        entry["rank_score"] = 1.1 if name == "adjoint" else 1.0
+        entry["support"] = {"supported": True, "versus": "procrustes"} if name in ("procrustes", "affine") else {
+            "versus": "procrustes", "items": 500, "supported": False,
+            "top1": {"mean_difference": -0.004, "lower_bound": -0.012},  # standard error .008
+            "AP@R": {"mean_difference": 0.01, "lower_bound": 0.008}}
+    strict = replay_support([run], z=1.0, tolerance=0.005)[0]
+    lenient = replay_support([run], z=0.0, tolerance=0.005)[0]
+    assert strict["report"]["selected"] == "procrustes"  # -0.004 - 0.008 = -0.012 < -0.005
+    assert lenient["report"]["selected"] == "adjoint"  # -0.004 >= -0.005

@@ -248,6 +248,24 @@ def test_bad_training_requests(client, upgraded) -> None:
     assert client.get("/v1/jobs/99999").status_code == 404
 
 
+def test_auto_through_the_service_shows_every_candidate_and_why_the_others_were_not_ranked(client) -> None:
+    v1, v2, coll = unique("v1"), unique("v2"), unique("g")
+    uid = lineage_with_gallery(client, (v1, v2, coll), OLD[:30], NEW[:30], IDS[:30], LABELS[:30])
+    labels = [LABEL_OF[i] for i in IDS]
+    assert upload_pairs(client, uid, IDS, OLD, NEW, labels).status_code == 200
+    job = train(client, uid, "auto")
+    (t,) = client.get(f"/v1/upgrades/{uid}").json()["transformations"]
+    ev = t["evaluation"]
+    assert set(ev["candidates"]) == {"procrustes", "affine", "adjoint"} and ev["selected"] in ev["candidates"]
+    not_ranked = ev["candidates_not_ranked"]
+    assert {n: v["reason"] for n, v in not_ranked.items()} == dict.fromkeys(
+        ["lambda_orth", "oca", "bt2", "drift_lowrank", "drift_mlp", "rank_distill"], "needs_pairs")
+    assert "auto: bt2 not ranked: offered from 5,000 fitting pairs" in job["log_tail"]
+    page = client.get(f"/dashboard/upgrades/{uid}")
+    assert page.status_code == 200 and 'id="not-ranked"' in page.text
+    assert "rank_distill (offered from 5,000" in page.text
+
+
 def test_a_method_that_needs_labels_is_refused_on_unlabelled_pairs(client) -> None:
     v1, v2, coll = unique("v1"), unique("v2"), unique("g")
     uid = lineage_with_gallery(client, (v1, v2, coll), OLD[:30], NEW[:30], IDS[:30], LABELS[:30])

@@ -34,7 +34,8 @@ out-of-fold top-1 and AP@R differences have a lower confidence bound (mean - `sa
 error, items averaged over draws) above -`tolerance` on both metrics: it may not be shown to lose
 more than .005 on either. The winner is the best-ranked candidate that is supported and passes the
 ECC; a baseline is always supported. Where the evidence for a richer map is weak (few pairs, small
-margins, a top-1 traded for mAP@R), the baseline is chosen. Then the winner is refitted on all pairs.
+margins, a top-1 traded for mAP@R), the baseline is chosen. Then the winner is refitted on all pairs,
+with the parameters it was scored with.
 Methods that need the query in both models (slerp) are never candidates.
 """
 
@@ -385,7 +386,7 @@ class Auto(Adapter):
         chosen = choose_supported(results, ranking, supported)
         best_ranked = max(results, key=ranking.get)
         progress(0.75, f"auto: refitting {chosen} on all pairs")
-        self.chosen = create(chosen, **self.params["method_params"].get(chosen, {}))
+        self.chosen = create(chosen, **method_params(chosen, self.params))  # as it was scored
         inner = self.chosen.fit(x_old, x_new, labels, seed=seed, progress=lambda f, m: progress(0.75 + 0.25 * f, m))
         not_ranked_out = {name: vars(nr) for name, nr in not_ranked.items()}
         return FitReport(
