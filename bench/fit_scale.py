@@ -78,6 +78,7 @@ def main() -> None:
             entry["scored_pairs"] = report.notes["holdout_size"]
             entry["candidate_fit_seconds"] = {
                 c: r["fit_seconds"] for c, r in report.notes["candidates"].items()}
+            entry["not_ranked"] = report.notes.get("not_ranked", {})
         results.append(entry)
         print(f"{name:12s} fit {seconds:7.1f} s  steps {report.steps:5d}  new/old "
               f"{row['new/old']['top1']:.3f} / {row['new/old']['mAP@R']:.4f}  ecc {row['ecc']}"

@@ -306,10 +306,11 @@ def support(scores: PoolScores, ranking: dict[str, float], z: float,
 
 def choose_supported(results: dict[str, dict[str, Any]], ranking: dict[str, float],
                      supported: dict[str, dict]) -> str:
-    """Best-ranked among: supported and passing the ECC; else passing; else supported."""
-    ok = {n for n in results if supported[n]["supported"]}
-    passing = {n for n in results if results[n]["ecc"]}
-    for group in (ok & passing, passing, ok):
+    """Best-ranked among: supported and passing the ECC; else passing; else supported. Ties go to
+    the candidate listed first, so the choice never depends on set iteration order."""
+    ok = [n for n in results if supported[n]["supported"]]
+    passing = [n for n in results if results[n]["ecc"]]
+    for group in ([n for n in ok if n in passing], passing, ok):
         if group:
             return max(group, key=ranking.get)
     return max(results, key=ranking.get)
