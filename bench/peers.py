@@ -318,7 +318,7 @@ class MilvusLiteSystem(System):
         client = self._client()
         index = client.prepare_index_params()
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE",
-                        params={"M": HNSW["M"], "efConstruction": HNSW["ef_construction"]})
+                        params={"params": {"M": HNSW["M"], "efConstruction": HNSW["ef_construction"]}})
         client.create_collection("bench", schema=schema, index_params=index, consistency_level="Strong")
 
     def ingest(self, x: np.ndarray) -> None:

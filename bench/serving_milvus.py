@@ -79,7 +79,7 @@ class RawMilvus:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         index = self.client.prepare_index_params()
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE",
-                        params={"M": 32, "efConstruction": 80})
+                        params={"params": {"M": 32, "efConstruction": 80}})
         self.client.create_collection("raw_bench", schema=schema, index_params=index, consistency_level="Strong")
 
     def ingest(self, x: np.ndarray, batch: int = 5_000) -> None:

@@ -23,6 +23,8 @@ import numpy as np
 
 Metric = Literal["cosine", "ip", "l2"]
 IndexKind = Literal["flat", "hnsw", "ivf"]
+IvfEncoding = Literal["flat", "sq8", "pq"]
+PQ_MIN_TRAINING = 39 * 256  # FAISS trains 256 centroids per PQ sub-quantiser, 39+ points each
 
 _KEY_TEXT = re.compile(r"^c(\d{1,19})/m(\d{1,19})$")
 
@@ -73,7 +75,8 @@ def collection_name(collection: int) -> str:
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """How a partition is indexed. `flat` is exact; `hnsw` and `ivf` trade recall for speed."""
+    """How a partition is indexed. `flat` is exact; `hnsw` and `ivf` trade recall for speed, and
+    an IVF's `ivf_encoding` trades recall for memory."""
 
     kind: IndexKind = "flat"
     hnsw_m: int = 32
@@ -82,6 +85,30 @@ class IndexSpec:
     ivf_nlist: int = 0  # 0 = choose from the partition size when training (about 4·sqrt(n))
     ivf_nprobe: int = 16
     ivf_train_min: int = 10_000  # below this many vectors an IVF partition stays exact (flat)
+    # How an IVF partition stores vectors in its lists: "flat" (float32, 4·d bytes), "sq8" (one
+    # byte per dimension, d bytes) or "pq" (product quantisation, one byte per `ivf_pq_sub_dim`
+    # dimensions). The codes are what a trained IVF holds: memory for recall.
+    ivf_encoding: IvfEncoding = "flat"
+    ivf_pq_sub_dim: int = 4
+    # With a quantised encoding: search `ivf_rerank`·k candidates and re-score them exactly on the
+    # full vectors the caller keeps (the service's database), recall for a little latency. 0 = off.
+    ivf_rerank: int = 0
+
+    def rerank_depth(self, k: int, max_k: int) -> int:
+        """How many candidates to fetch for a top-k answer that will be re-scored exactly."""
+        if self.kind != "ivf" or self.ivf_encoding == "flat" or self.ivf_rerank <= 1:
+            return k
+        return max(k, min(k * self.ivf_rerank, max_k))
+
+    def pq_subquantisers(self, dim: int) -> int:
+        """PQ's m for a partition of `dim`: dim / ivf_pq_sub_dim, or the largest divisor of dim
+        below it (m must divide dim), so one spec serves every model version of a lineage."""
+        target = max(1, dim // max(1, self.ivf_pq_sub_dim))
+        return next(m for m in range(target, 0, -1) if dim % m == 0)
+
+    def training_min(self) -> int:
+        """Vectors an IVF partition needs before it trains (PQ needs 256 centroids' worth)."""
+        return max(self.ivf_train_min, PQ_MIN_TRAINING) if self.ivf_encoding == "pq" else self.ivf_train_min
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,6 +169,9 @@ class IndexBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 -- optional hook: most backends hold nothing to release
         """Release connections and threads (shutdown); the default holds none."""
+
+    def check_spec(self, spec: IndexSpec) -> None:  # noqa: B027 -- optional hook: FAISS builds every spec
+        """Raise ValueError when this backend cannot build `spec`, before anything is created."""
 
     @abstractmethod
     def ensure_partition(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> None:

@@ -175,6 +175,33 @@ def test_collection_shows_each_partitions_index_state(client, live) -> None:
     assert settled() == {"model": m, "vectors": 250, "structure": "ivf", "rebuilding": False}
 
 
+def test_quantised_ivf_collections_are_created_queried_or_refused_by_field(client, live) -> None:
+    """sq8 lists on both backends (FAISS IVFScalarQuantizer, Milvus IVF_SQ8); pq on FAISS only
+    (Milvus Lite has no IVF_PQ); an encoding on a kind without lists is refused, naming the field."""
+    m = unique("sq8m")
+    make_model(client, m, 8)
+    c = unique("sq8c")
+    made = make_collection(client, c, m, index={"kind": "ivf", "ivf_train_min": 100, "ivf_nlist": 4,
+                                                "ivf_encoding": "sq8"})
+    assert made["index"]["ivf_encoding"] == "sq8" and made["index"]["ivf_pq_sub_dim"] == 4
+    x = rand(300, 8, seed=4)
+    assert upsert(client, c, m, [f"v{i}" for i in range(300)], x, compact=True).status_code == 200
+    hits = client.post(f"/v1/collections/{c}/query", json={"model": m, "vector": x[7].tolist(), "k": 3}).json()["hits"]
+    assert hits[0]["id"] == "v7"
+    wrong = client.post("/v1/collections", json={"name": unique("hq"), "model": m,
+                                                 "index": {"kind": "hnsw", "ivf_encoding": "sq8"}})
+    assert wrong.status_code == 422 and wrong.json()["field"] == "index.ivf_encoding"
+    assert "needs kind 'ivf'" in wrong.json()["detail"]
+    name = unique("pqc")
+    pq = client.post("/v1/collections", json={"name": name, "model": m, "index": {"kind": "ivf", "ivf_encoding": "pq"}})
+    if live.settings.index_backend == "milvus":
+        assert pq.status_code == 422 and pq.json()["field"] == "index.ivf_encoding"
+        assert "IVF_PQ" in pq.json()["detail"]
+        assert client.get(f"/v1/collections/{name}").status_code == 404  # nothing was created
+    else:
+        assert pq.status_code == 201 and pq.json()["index"]["ivf_encoding"] == "pq"
+
+
 def test_mixed_gallery_reports_skipped_partitions(client, gallery) -> None:
     m, c, x = gallery
     succ = unique("succ")

@@ -353,3 +353,30 @@ def test_an_upgrade_with_a_training_policy_trains_itself_and_retrains_as_pairs_d
         assert versus is None and result["activated"] == result["passes_ecc"]
     cleared = client.delete(f"/v1/upgrades/{uid}/training")
     assert cleared.status_code == 200 and cleared.json()["training"] is None
+
+
+def test_transformed_queries_search_a_quantised_partition_with_exact_rescoring(client, live) -> None:
+    """New-model queries go through the transformation into an sq8 IVF partition of the old model,
+    and re-ranking on the stored vectors gives the ranking brute force through the bundle gives."""
+    v1, v2, coll = unique("q1"), unique("q2"), unique("qg")
+    make_model(client, v1, OLD.shape[1])
+    r = client.post("/v1/collections", json={"name": coll, "model": v1, "index": {
+        "kind": "ivf", "ivf_train_min": 200, "ivf_nlist": 4, "ivf_encoding": "sq8", "ivf_rerank": 8}})
+    assert r.status_code == 201, r.text
+    assert upsert(client, coll, v1, IDS, OLD, compact=True).status_code == 200
+    make_model(client, v2, NEW.shape[1], successor_of=v1)
+    uid = next(u["id"] for u in client.get("/v1/upgrades").json() if u["new_model"] == v2)
+    assert upload_pairs(client, uid, [IDS[i] for i in HALF], OLD[HALF], NEW[HALF]).status_code == 200
+    if not train(client, uid)["result"]["activated"]:
+        assert client.post(f"/v1/upgrades/{uid}/activate", json={"force": True}).status_code == 200
+    info = client.get(f"/v1/collections/{coll}").json()
+    if live.settings.index_backend == "faiss":
+        assert info["partitions"][0]["structure"] == "ivf"  # trained: the lists hold 8-bit codes
+    out = service_ranking(client, coll, v2, NEW[QUERIES], 10)
+    assert out["searched"][0]["route"] == [v2, v1]
+    bundle = UpgradeBundle.load(next(Path(live.settings.data_dir).glob(f"transformations/u{uid}/job*")))
+    exact = normalize(bundle.new_to_old(NEW[QUERIES])) @ normalize(OLD).T
+    expected = np.argsort(-exact, axis=1)[:, :10]
+    got = ranked_ids(out)
+    agree = np.mean([g == [IDS[j] for j in e] for g, e in zip(got, expected, strict=True)])
+    assert agree > 0.95  # the top 10 exactly, query for query (float32 ties aside)

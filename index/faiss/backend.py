@@ -49,7 +49,7 @@ class FaissBackend(IndexBackend):
         self.write_threads = write_threads or os.cpu_count() or 1
         self.device = resolve_device(device)
         self._gpu = GpuReplicator() if self.device == "cuda" else None
-        self._gpu_replicas: dict[PartitionKey, faiss.Index] = {}
+        self._gpu_replicas: dict[PartitionKey, faiss.Index | bool] = {}
         self.threads = threads
         self._thread_state = threading.local()
         self._apply_threads()
@@ -240,10 +240,10 @@ class FaissBackend(IndexBackend):
             return None
         replica = self._gpu_replicas.get(key)
         if replica is None:
-            replica = self._gpu.replicate(part.index)
-            if replica is not None:
-                self._gpu_replicas[key] = replica
-        return replica
+            # False remembers "no GPU replica for this index" until the next write drops the entry
+            made = self._gpu.replicate(part.index)
+            replica = self._gpu_replicas[key] = made if made is not None else False
+        return None if replica is False else replica
 
     # ---- persistence --------------------------------------------------------------------------
     def persist(self, key: PartitionKey) -> None:

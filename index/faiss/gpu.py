@@ -6,9 +6,12 @@ runs on faiss-cpu. `resolve_device` turns the configured device into the one act
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import faiss
+
+log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -46,4 +49,8 @@ class GpuReplicator:
     def replicate(self, cpu_index: faiss.Index) -> faiss.Index | None:
         if isinstance(cpu_index, faiss.IndexHNSW):
             return None  # FAISS has no GPU HNSW
-        return faiss.index_cpu_to_gpu(self._resources, 0, cpu_index)
+        try:
+            return faiss.index_cpu_to_gpu(self._resources, 0, cpu_index)
+        except RuntimeError as exc:  # e.g. GPU IVFPQ takes only some code sizes: search it on the CPU
+            log.warning("no GPU replica for %s (%s); it is searched on the CPU", type(cpu_index).__name__, exc)
+            return None

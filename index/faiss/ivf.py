@@ -3,6 +3,12 @@
 An IVF trained on a handful of points is worse than exhaustive search, so a young partition is a
 flat one; once it is large enough the rebuild trains about 4·sqrt(n) lists on the vectors present
 (at most n/39: FAISS wants 39 training points per list) and every later vector joins a list.
+
+The lists hold float32 vectors (`ivf_encoding="flat"`), 8-bit scalar codes (`"sq8"`: a byte per
+dimension, 4x less memory) or product-quantisation codes (`"pq"`: a byte per `ivf_pq_sub_dim`
+dimensions, 16x less by default). Quantised codes are what the partition keeps: its vectors read
+back (`live_vectors`) are their reconstructions, and scores are approximate. A PQ partition stays
+exact until it has 9,984 vectors, the fewest FAISS trains 256 centroids per sub-quantiser on.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import math
 import faiss
 import numpy as np
 
+from index.backend import PQ_MIN_TRAINING
 from index.faiss.flat import FlatPartition
 from index.faiss.partition import FaissPartition, faiss_metric, flat_index
 
@@ -42,10 +49,21 @@ class IvfPartition(FlatPartition):
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.trained:
             return super().live_vectors()
-        ids = self.live_ids()
-        if not len(ids):
-            return ids, np.empty((0, self.dim), np.float32)
-        return ids, np.vstack([self.index.reconstruct(int(i)) for i in ids])
+        ids, vecs = [], []  # list by list: an IVF without a direct map cannot look an id up
+        invlists = self.index.invlists
+        for list_no in range(self.index.nlist):
+            size = invlists.list_size(list_no)
+            if size:
+                ptr = invlists.get_ids(list_no)
+                ids.append(faiss.rev_swig_ptr(ptr, size).copy())
+                invlists.release_ids(list_no, ptr)
+                block = np.empty((size, self.dim), np.float32)
+                for offset in range(size):
+                    self.index.reconstruct_from_offset(list_no, offset, faiss.swig_ptr(block[offset]))
+                vecs.append(block)
+        if not ids:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.dim), np.float32)
+        return np.concatenate(ids), np.vstack(vecs)
 
     def _compared_per_query(self) -> float:
         if not self.trained:
@@ -71,23 +89,35 @@ class IvfPartition(FlatPartition):
         return self.index.search(q, k, params=params)
 
     def _needs_rebuild(self) -> bool:
-        return not self.trained and self.index.ntotal >= self.spec.ivf_train_min
+        return not self.trained and self.index.ntotal >= self.spec.training_min()
 
     def rebuilt(self, ids: np.ndarray, vecs: np.ndarray) -> FaissPartition:
         fresh = IvfPartition(self.dim, self.metric, self.spec, auto_rebuild=self.auto_rebuild)
-        if len(ids):
+        if len(ids) >= self.spec.training_min():
             fresh.index = self._trained_index(ids, vecs)
+        elif len(ids):  # too few to train (deletes since the rebuild was asked for): stay exact
+            fresh.add(ids, vecs)
         return fresh
 
     def _trained_index(self, ids: np.ndarray, vecs: np.ndarray) -> faiss.IndexIVF:
         nlist = self.spec.ivf_nlist or max(1, int(4 * math.sqrt(len(ids))))
         nlist = min(nlist, max(1, len(ids) // 39))  # FAISS wants >= 39 training points per list
         quantizer = flat_index(self.dim, self.metric)
-        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss_metric(self.metric))
+        ivf = self._ivf(quantizer, nlist)
         ivf.own_fields = True
         quantizer.this.disown()
         rng = np.random.default_rng(0)
-        sample = vecs if len(vecs) <= 256 * nlist else vecs[rng.choice(len(vecs), 256 * nlist, replace=False)]
+        limit = max(256 * nlist, PQ_MIN_TRAINING)
+        sample = vecs if len(vecs) <= limit else vecs[rng.choice(len(vecs), limit, replace=False)]
         ivf.train(np.ascontiguousarray(sample))
         ivf.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
         return ivf
+
+    def _ivf(self, quantizer: faiss.Index, nlist: int) -> faiss.IndexIVF:
+        """The untrained IVF index whose lists hold the spec's encoding."""
+        metric = faiss_metric(self.metric)
+        if self.spec.ivf_encoding == "sq8":
+            return faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, metric)
+        if self.spec.ivf_encoding == "pq":
+            return faiss.IndexIVFPQ(quantizer, self.dim, nlist, self.spec.pq_subquantisers(self.dim), 8, metric)
+        return faiss.IndexIVFFlat(quantizer, self.dim, nlist, metric)

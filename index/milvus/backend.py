@@ -252,6 +252,9 @@ class MilvusBackend(IndexBackend):
         self._listed = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
+    def check_spec(self, spec: IndexSpec) -> None:
+        index_params(spec)  # raises for what Milvus cannot build (ivf_encoding "pq")
+
     def ensure_partition(self, key: PartitionKey, dim: int, metric: Metric, spec: IndexSpec) -> None:
         wanted = PartitionConfig(dim, metric, spec)
         with self._lock(key.collection).write():
@@ -265,8 +268,11 @@ class MilvusBackend(IndexBackend):
             schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
             schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
             index = self._client.prepare_index_params()
+            # Nested under "params": pymilvus otherwise sends each build parameter as its own key, which
+            # Milvus Lite 3.2.2 ignores (nlist / M / efConstruction fell back to its defaults, 128 / 16
+            # / 200); the nested form is the one every Milvus reads (describe_index shows it back).
             index.add_index(field_name=VECTOR_FIELD, index_type=index_type, metric_type=MILVUS_METRIC[metric],
-                            params=build)
+                            params={"params": build})
             self._create(self._name(key), schema, index, {CONFIG_PROPERTY: wanted.to_text()})
             self._forget(key)
             self._adjust_sizes(key.collection, {key.model: 0})

@@ -1,7 +1,8 @@
 """How `IndexSpec` and `Metric` translate into Milvus index and search parameters.
 
 The same spec means the same index on both backends: `flat` -> FLAT (exact), `hnsw` -> HNSW with
-M / efConstruction at build time and ef at search time, `ivf` -> IVF_FLAT with nlist / nprobe.
+M / efConstruction at build time and ef at search time, `ivf` -> IVF_FLAT with nlist / nprobe
+(IVF_SQ8 for `ivf_encoding="sq8"`; "pq" is refused: Milvus Lite has no IVF_PQ to test it on).
 Milvus builds indexes per segment, so `ivf_nlist = 0` ("choose from the partition size" on FAISS)
 becomes a fixed nlist here (`DEFAULT_NLIST`, Milvus' usual choice for segments of up to ~1M rows),
 and `ivf_train_min` has no counterpart (Milvus searches growing segments exactly by itself).
@@ -17,6 +18,8 @@ from index.backend import IndexSpec, Metric
 
 MILVUS_METRIC: dict[str, str] = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 DEFAULT_NLIST = 1024
+UNSUPPORTED_PQ = ("ivf_encoding 'pq' is not offered on the Milvus backend: Milvus Lite, the engine it is "
+                  "tested on, has no IVF_PQ; use 'sq8' (IVF_SQ8)")
 
 
 def index_params(spec: IndexSpec) -> tuple[str, dict[str, int]]:
@@ -26,7 +29,12 @@ def index_params(spec: IndexSpec) -> tuple[str, dict[str, int]]:
     if spec.kind == "hnsw":
         return "HNSW", {"M": spec.hnsw_m, "efConstruction": spec.hnsw_ef_construction}
     if spec.kind == "ivf":
-        return "IVF_FLAT", {"nlist": spec.ivf_nlist or DEFAULT_NLIST}
+        nlist = {"nlist": spec.ivf_nlist or DEFAULT_NLIST}
+        if spec.ivf_encoding == "sq8":
+            return "IVF_SQ8", nlist
+        if spec.ivf_encoding == "pq":
+            raise ValueError(UNSUPPORTED_PQ)
+        return "IVF_FLAT", nlist
     raise ValueError(f"unknown index kind {spec.kind!r}")
 
 

@@ -7,7 +7,17 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from adapters import servable
 from service.api.ids import RowIdField
@@ -123,7 +133,31 @@ class IndexOptions(_Strict):
     hnsw_ef_search: int = Field(64, ge=1, le=4_096)
     ivf_nlist: int = Field(0, ge=0, le=1_000_000, description="0 = about 4·sqrt(n) at training time.")
     ivf_nprobe: int = Field(16, ge=1, le=65_536)
-    ivf_train_min: int = Field(10_000, ge=100, description="Exact search until this many vectors.")
+    ivf_train_min: int = Field(10_000, ge=100, le=100_000_000, description="Exact search until this many vectors.")
+    ivf_encoding: Literal["flat", "sq8", "pq"] = Field(
+        "flat", description="What an IVF's lists store: float32 vectors (flat), one byte per dimension (sq8, 4x "
+                            "less memory) or product-quantisation codes (pq, one byte per ivf_pq_sub_dim dimensions; "
+                            "exact search until 9,984 vectors). Only with kind ivf; pq only on the FAISS backend.")
+    ivf_pq_sub_dim: int = Field(4, ge=1, le=64,
+                                description="Dimensions per PQ byte code (memory 1/(4·this) of float32).")
+    ivf_rerank: int = Field(0, ge=0, le=64, description=(
+        "With sq8 or pq: fetch this many times k candidates from the index and re-score them exactly on the "
+        "full vectors the database stores, so scores are exact and recall rises (0 = off)."))
+
+    @field_validator("ivf_encoding")
+    @classmethod
+    def _encoding_needs_ivf(cls, encoding: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind", "flat")
+        if encoding != "flat" and kind != "ivf":
+            raise ValueError(f"{encoding!r} needs kind 'ivf', not {kind!r}")
+        return encoding
+
+    @field_validator("ivf_rerank")
+    @classmethod
+    def _rerank_needs_codes(cls, rerank: int, info: ValidationInfo) -> int:
+        if rerank and info.data.get("ivf_encoding", "flat") == "flat":
+            raise ValueError("re-ranking needs a quantised ivf_encoding ('sq8' or 'pq'); float lists are exact already")
+        return rerank
 
 
 class CollectionCreate(_Strict):

@@ -26,6 +26,7 @@ from service.core.filtered import FilterPlan, drop_unmatched
 from service.core.hit_cache import HitCache
 from service.core.index_sync import reconcile_collection, repair_dead_writes
 from service.core.merge import PartitionHits, Reach, merge_row
+from service.core.rerank import rescore_exactly
 from service.core.transform_graph import Route, TransformGraph
 from service.store import CollectionRecord, HitRecord, ItemRecord, ModelRecord, Store, UpsertOutcome, filters
 
@@ -363,6 +364,21 @@ class Gallery:
 
     def _search(self, collection: CollectionRecord, per_partition: dict[int, np.ndarray], k: int,
                 allowed: np.ndarray | None = None, effort: float = 1.0) -> dict:
+        """The backend's top k per partition; on quantised partitions with `ivf_rerank`, the top k
+        of a deeper candidate list re-scored on the stored full vectors (rerank.py)."""
+        depth = IndexSpec.from_dict(collection.index_spec).rerank_depth(k, self.backend.max_k)
+        results = self._backend_search(collection, per_partition, depth, allowed, effort)
+        if depth == k:
+            return results
+        out = {}
+        for mid, result in results.items():
+            model = self.catalog.model_by_id(mid)
+            stored = partial(self.store.vectors_by_id, collection.id, mid, dim=model.dim)
+            out[mid] = rescore_exactly(per_partition[mid], result, stored, model.metric, k)
+        return out
+
+    def _backend_search(self, collection: CollectionRecord, per_partition: dict[int, np.ndarray], k: int,
+                        allowed: np.ndarray | None, effort: float) -> dict:
         try:
             return self.backend.search(collection.id, per_partition, k, allowed, effort)
         except (ValueError, KeyError):

@@ -70,6 +70,10 @@ def collection_out(collection: CollectionRecord, catalog: Catalog, gallery: Gall
 def create_collection(body: JsonBody(CollectionCreate), catalog: deps.CatalogDep,
                       gallery: deps.GalleryDep) -> CollectionOut:
     spec = IndexSpec.from_dict(body.index.model_dump())
+    try:
+        gallery.backend.check_spec(spec)
+    except ValueError as exc:
+        raise Invalid(str(exc), "index.ivf_encoding") from None
     return collection_out(catalog.create_collection(body.name, body.model, spec), catalog, gallery)
 
 
