@@ -281,6 +281,25 @@ def lambda_sweep(pairs: list[str], lambdas: list[float], dataset: str, log) -> l
     return out
 
 
+def lambda_markdown(sweep: list[dict], dataset: str) -> str:
+    """The λ curve as a table: per setting, new/old top-1 / mAP@R at each λ, the measured Gram
+    deviation of the returned maps, and * where training never improved on the Procrustes start."""
+    lambdas = sorted({r["lam"] for r in sweep})
+    settings = list(dict.fromkeys((r["pair"], r["split"], r["mode"]) for r in sweep))
+    lines = [f"lambda_orth on {dataset}, seed 0: new/old top-1 / mAP@R (max Gram deviation); "
+             "* = stayed at its Procrustes start", "",
+             "| old → new | split | training | " + " | ".join(f"λ = {lam:g}" for lam in lambdas) + " |",
+             "|---|---|---|" + "---|" * len(lambdas)]
+    for pair, split, mode in settings:
+        cells = []
+        for lam in lambdas:
+            r = next(x for x in sweep if (x["pair"], x["split"], x["mode"], x["lam"]) == (pair, split, mode, lam))
+            cells.append(f"{r['top1']:.3f} / {r['mAP@R']:.4f} ({r['deviation']:.3f})"
+                         + ("*" if r["stayed_at_start"] else ""))
+        lines.append(f"| {pair.replace(':', ' → ')} | {split} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", default=",".join(PAIRS))
@@ -306,7 +325,9 @@ def main() -> None:
                              lambda m: print(m, flush=True))
         out = RESULTS / f"compat_lambda_{args.dataset}.json"
         out.write_text(json.dumps(_jsonable({"sweep": sweep}), indent=2) + "\n")
-        print(f"wrote {out}")
+        table = lambda_markdown(sweep, args.dataset)
+        out.with_suffix(".md").write_text(table)
+        print("\n" + table + f"wrote {out}")
         return
     modes = tuple(m.strip() for m in args.modes.split(","))
     if args.out is None:

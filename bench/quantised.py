@@ -11,7 +11,8 @@ gallery row was made from. Per configuration:
 - build seconds (training + adding every vector), 2 cores;
 - bytes per vector: the index as FAISS writes it (codes, ids, coarse centroids, graph links), / n;
 - recall@10 against exact search over the float32 gallery;
-- p50 / p99 ms of single queries on one thread (the service's FAISS_THREADS default);
+- p50 / p99 ms of single queries on one thread (the service's FAISS_THREADS default); IVF rows at
+  the configured nprobe (16) and 4x wider (64) on the same index;
 - with re-ranking (`ivf_rerank = r`): the index returns r·10 candidates and they are re-scored
   exactly (service/core/rerank.py). Here the full vectors come from memory; in the service they
   come from the database, one primary-key read of r·10 rows (the `sql_read` column: SQLite, the
@@ -98,12 +99,15 @@ def sql_read_ms(x: np.ndarray, depth: int, reads: int = 200) -> float:
     return 1000 * float(np.median(times))
 
 
-def measure(name: str, spec: IndexSpec, x: np.ndarray, q: np.ndarray, truth: np.ndarray, k: int) -> dict:
+def measure(name: str, spec: IndexSpec, x: np.ndarray, q: np.ndarray, truth: np.ndarray, k: int) -> list[dict]:
+    """One row per search breadth: IVF rows at nprobe as configured and 4x wider (`effort`, the
+    same index); the exact flat scan is timed on 50 queries (its recall is 1 by definition)."""
     ids = np.arange(len(x), dtype=np.int64)
     faiss.omp_set_num_threads(2)
     started = time.perf_counter()
     part = new_partition(x.shape[1], "cosine", spec).rebuilt(ids, x)
     build = time.perf_counter() - started
+    size = index_bytes(part.index) / len(x)
     depth = spec.rerank_depth(k, 1 << 30)
 
     def stored(wanted):
@@ -111,25 +115,31 @@ def measure(name: str, spec: IndexSpec, x: np.ndarray, q: np.ndarray, truth: np.
         return wanted, x[wanted]
 
     faiss.omp_set_num_threads(1)
-    found, latencies = [], []
-    for row in q:
-        started = time.perf_counter()
-        result = part.search(row[None, :], depth)
-        if depth > k:
-            result = rescore_exactly(row[None, :], result, stored, "cosine", k)
-        latencies.append(time.perf_counter() - started)
-        found.append(result.ids[0, :k])
-    recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
-    out = {"name": name, "spec": spec.to_dict(), "structure": part.structure, "build_s": round(build, 1),
-           "bytes_per_vector": round(index_bytes(part.index) / len(x), 1), "recall@10": round(recall, 4),
-           "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 3),
-           "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 3), "candidates": depth}
-    if getattr(part, "trained", False):
-        out["nlist"] = int(part.index.nlist)
-        if spec.ivf_encoding == "pq":
-            out["pq_m"] = int(part.index.pq.M)
+    rows = []
+    for effort in ((1.0, 4.0) if spec.kind == "ivf" else (1.0,)):
+        timed = q[:50] if spec.kind == "flat" else q
+        found, latencies = [], []
+        for row in timed:
+            started = time.perf_counter()
+            result = part.search(row[None, :], depth, effort=effort)
+            if depth > k:
+                result = rescore_exactly(row[None, :], result, stored, "cosine", k)
+            latencies.append(time.perf_counter() - started)
+            found.append(result.ids[0, :k])
+        recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth[: len(timed)], strict=True)]))
+        label = name if effort == 1.0 else f"{name}, nprobe {int(spec.ivf_nprobe * effort)}"
+        out = {"name": label, "spec": spec.to_dict(), "effort": effort, "structure": part.structure,
+               "build_s": round(build, 1), "bytes_per_vector": round(size, 1), "recall@10": round(recall, 4),
+               "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 3),
+               "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 3), "candidates": depth,
+               "timed_queries": len(timed)}
+        if getattr(part, "trained", False):
+            out["nlist"] = int(part.index.nlist)
+            if spec.ivf_encoding == "pq":
+                out["pq_m"] = int(part.index.pq.M)
+        rows.append(out)
     del part
-    return out
+    return rows
 
 
 def main() -> None:
@@ -137,7 +147,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=1_000)
-    parser.add_argument("--only", default=None, help="comma-separated configuration names (default: all)")
+    parser.add_argument("--only", default=None, help="configuration names separated by ; (default: all)")
     args = parser.parse_args()
     k = 10
     x, source = gallery_vectors(args.n, args.dim)
@@ -150,11 +160,12 @@ def main() -> None:
     rows = []
     chosen = configurations(args.n)
     if args.only:
-        keep = set(args.only.split(","))
+        keep = set(args.only.split(";"))
         chosen = [(n, s) for n, s in chosen if n in keep]
     for name, spec in chosen:
-        rows.append(measure(name, spec, x, q, truth, k))
-        print(json.dumps(rows[-1]), flush=True)
+        for row in measure(name, spec, x, q, truth, k):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     reads = {depth: round(sql_read_ms(x, depth), 3) for depth in sorted({r["candidates"] for r in rows} - {k})}
     for row in rows:
         row["sql_read_ms"] = reads.get(row["candidates"])

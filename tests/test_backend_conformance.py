@@ -270,3 +270,17 @@ def test_hnsw_build_parameters_reach_milvus(tmp_path) -> None:
         assert described["index_type"] == "HNSW" and described["params"] == {"M": 12, "efConstruction": 40}
     finally:
         made.close_all()
+
+
+def test_a_small_ivf_partition_returns_k_hits(backend: IndexBackend) -> None:
+    """A sealed segment smaller than nlist has about one vector per list (Milvus), so a search
+    must probe at least k lists to return k hits; FAISS keeps such a partition exact."""
+    x = clustered(60, 16)
+    key = PartitionKey(1, 1)
+    backend.ensure_partition(key, 16, "cosine", IndexSpec(kind="ivf", ivf_train_min=100))
+    _add(backend, key, np.arange(60, dtype=np.int64), x)
+    if hasattr(backend, "flush"):
+        backend.flush()  # seal the segment, so Milvus builds its IVF on it
+    got = backend.search(1, {1: x[:3]}, 20)[1]
+    assert (got.ids >= 0).sum(axis=1).tolist() == [20, 20, 20]
+    assert all(len(set(row)) == 20 for row in got.ids.tolist())

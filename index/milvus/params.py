@@ -4,7 +4,11 @@ The same spec means the same index on both backends: `flat` -> FLAT (exact), `hn
 M / efConstruction at build time and ef at search time, `ivf` -> IVF_FLAT with nlist / nprobe
 (IVF_SQ8 for `ivf_encoding="sq8"`; "pq" is refused: Milvus Lite has no IVF_PQ to test it on).
 Milvus builds indexes per segment, so `ivf_nlist = 0` ("choose from the partition size" on FAISS)
-becomes a fixed nlist here (`DEFAULT_NLIST`, Milvus' usual choice for segments of up to ~1M rows),
+becomes a fixed nlist here (`DEFAULT_NLIST` = 128: Milvus Lite seals a segment at every flush, so
+segments are small, and a segment of n < nlist rows gets n one-vector lists, where 16 probes find
+16 vectors -- fewer than k; with 1,024 the concurrency suite got 16 hits for k = 20 -- and a search
+probes at least k lists. A deployment with large sealed segments sets `ivf_nlist` to about
+4·sqrt(segment rows)),
 and `ivf_train_min` has no counterpart (Milvus searches growing segments exactly by itself).
 Scores: Milvus returns similarities for COSINE and IP and the squared distance for L2; the
 backend negates L2 so every score is higher-is-better, as `SearchResult` promises.
@@ -17,7 +21,7 @@ import math
 from index.backend import IndexSpec, Metric
 
 MILVUS_METRIC: dict[str, str] = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
-DEFAULT_NLIST = 1024
+DEFAULT_NLIST = 128
 UNSUPPORTED_PQ = ("ivf_encoding 'pq' is not offered on the Milvus backend: Milvus Lite, the engine it is "
                   "tested on, has no IVF_PQ; use 'sq8' (IVF_SQ8)")
 
@@ -54,5 +58,6 @@ def search_params(spec: IndexSpec, metric: Metric, k: int, effort: float = 1.0) 
         params["ef"] = int(min(max(MAX_FILTER_EF, k), max(spec.hnsw_ef_search, k, spec.hnsw_ef_search * widen)))
     elif spec.kind == "ivf":
         nlist = spec.ivf_nlist or DEFAULT_NLIST
-        params["nprobe"] = int(min(nlist, max(spec.ivf_nprobe, math.ceil(spec.ivf_nprobe * widen))))
+        # at least k lists: a small segment has about one vector per list (see the module docstring)
+        params["nprobe"] = int(min(nlist, max(spec.ivf_nprobe, k, math.ceil(spec.ivf_nprobe * widen))))
     return {"metric_type": MILVUS_METRIC[metric], "params": params}
