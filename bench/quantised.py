@@ -44,16 +44,15 @@ MODEL_OF_DIM = {384: "minilm", 768: "mpnet", 64: "static64"}
 
 
 def configurations(n: int) -> list[tuple[str, IndexSpec]]:
+    """Each built once; a spec with `ivf_rerank` is also searched without re-ranking (same index)."""
     ivf = IndexSpec(kind="ivf", ivf_train_min=n)
     return [
         ("flat (exact)", IndexSpec(kind="flat")),
         ("hnsw M32", IndexSpec(kind="hnsw")),
         ("ivf float32", ivf),
-        ("ivf sq8", replace(ivf, ivf_encoding="sq8")),
-        ("ivf sq8, rerank 4", replace(ivf, ivf_encoding="sq8", ivf_rerank=4)),
-        ("ivf pq (4 dims/byte)", replace(ivf, ivf_encoding="pq")),
-        ("ivf pq (4 dims/byte), rerank 4", replace(ivf, ivf_encoding="pq", ivf_rerank=4)),
-        ("ivf pq (8 dims/byte), rerank 8", replace(ivf, ivf_encoding="pq", ivf_pq_sub_dim=8, ivf_rerank=8)),
+        ("ivf sq8", replace(ivf, ivf_encoding="sq8", ivf_rerank=4)),
+        ("ivf pq (4 dims/byte)", replace(ivf, ivf_encoding="pq", ivf_rerank=4)),
+        ("ivf pq (8 dims/byte)", replace(ivf, ivf_encoding="pq", ivf_pq_sub_dim=8, ivf_rerank=8)),
     ]
 
 
@@ -108,7 +107,6 @@ def measure(name: str, spec: IndexSpec, x: np.ndarray, q: np.ndarray, truth: np.
     part = new_partition(x.shape[1], "cosine", spec).rebuilt(ids, x)
     build = time.perf_counter() - started
     size = index_bytes(part.index) / len(x)
-    depth = spec.rerank_depth(k, 1 << 30)
 
     def stored(wanted):
         wanted = np.asarray(wanted, dtype=np.int64)
@@ -116,7 +114,10 @@ def measure(name: str, spec: IndexSpec, x: np.ndarray, q: np.ndarray, truth: np.
 
     faiss.omp_set_num_threads(1)
     rows = []
-    for effort in ((1.0, 4.0) if spec.kind == "ivf" else (1.0,)):
+    variants = [(effort, rerank) for rerank in sorted({0, spec.ivf_rerank})
+                for effort in ((1.0, 4.0) if spec.kind == "ivf" else (1.0,))]
+    for effort, rerank in variants:
+        depth = replace(spec, ivf_rerank=rerank).rerank_depth(k, 1 << 30)
         timed = q[:50] if spec.kind == "flat" else q
         found, latencies = [], []
         for row in timed:
@@ -127,8 +128,10 @@ def measure(name: str, spec: IndexSpec, x: np.ndarray, q: np.ndarray, truth: np.
             latencies.append(time.perf_counter() - started)
             found.append(result.ids[0, :k])
         recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth[: len(timed)], strict=True)]))
-        label = name if effort == 1.0 else f"{name}, nprobe {int(spec.ivf_nprobe * effort)}"
-        out = {"name": label, "spec": spec.to_dict(), "effort": effort, "structure": part.structure,
+        label = name + (f", nprobe {int(spec.ivf_nprobe * effort)}" if effort != 1.0 else "") + (
+            f", rerank {rerank}" if rerank else "")
+        out = {"name": label, "spec": replace(spec, ivf_rerank=rerank).to_dict(), "effort": effort,
+               "structure": part.structure,
                "build_s": round(build, 1), "bytes_per_vector": round(size, 1), "recall@10": round(recall, 4),
                "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 3),
                "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 3), "candidates": depth,
@@ -148,6 +151,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--only", default=None, help="configuration names separated by ; (default: all)")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="JSON lines this benchmark printed in an earlier run: rows kept unless measured again")
     args = parser.parse_args()
     k = 10
     x, source = gallery_vectors(args.n, args.dim)
@@ -166,6 +171,9 @@ def main() -> None:
         for row in measure(name, spec, x, q, truth, k):
             rows.append(row)
             print(json.dumps(row), flush=True)
+    if args.merge:  # rows of an earlier, interrupted run of the same data (JSON lines), measured the same way
+        done = [json.loads(line) for line in args.merge.read_text().splitlines() if line.startswith("{")]
+        rows = [r for r in done if r["name"] not in {x["name"] for x in rows}] + rows
     reads = {depth: round(sql_read_ms(x, depth), 3) for depth in sorted({r["candidates"] for r in rows} - {k})}
     for row in rows:
         row["sql_read_ms"] = reads.get(row["candidates"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx
 import numpy as np
@@ -37,3 +38,14 @@ def upsert(client: httpx.Client, collection: str, model: str, ids: list[str], ve
             item["payload"] = payloads[i]
         items.append(item)
     return client.post(f"/v1/collections/{collection}/items", json={"model": model, "items": items, **fields})
+
+
+def wait_until_trained(client: httpx.Client, collection: str, backend: str) -> None:
+    """IVF training runs beside the live index (exact until then): wait for the codes to serve."""
+    deadline = time.monotonic() + 30
+    while True:
+        part = client.get(f"/v1/collections/{collection}").json()["partitions"][0]
+        if not part["rebuilding"] and (backend != "faiss" or part["structure"] == "ivf"):
+            return
+        assert time.monotonic() < deadline, f"IVF training did not finish: {part}"
+        time.sleep(0.05)

@@ -8,7 +8,7 @@ import pytest
 from index import SearchResult
 from service.core.rerank import exact_scores, rescore_exactly
 from tests.conftest import unique
-from tests.helpers import make_collection, make_model, upsert
+from tests.helpers import make_collection, make_model, upsert, wait_until_trained
 
 
 def _store(vectors: dict[int, np.ndarray]):
@@ -62,6 +62,7 @@ def test_reranked_quantised_collection_returns_exact_scores_and_the_exact_top_k(
         make_collection(client, c, m, index={"kind": "ivf", "ivf_train_min": 200, "ivf_nlist": 4, "ivf_nprobe": 4,
                                              "ivf_encoding": "sq8", "ivf_rerank": rerank})
         assert upsert(client, c, m, [f"v{i}" for i in range(600)], x, compact=True).status_code == 200
+        wait_until_trained(client, c, live.settings.index_backend)
         body = client.post(f"/v1/collections/{c}/query",
                            json={"model": m, "vectors": q.tolist(), "k": 10, "include_payload": False}).json()
         got = [[int(h["id"][1:]) for h in row["hits"]] for row in body["results"]]
