@@ -14,6 +14,7 @@ exact until it has 9,984 vectors, the fewest FAISS trains 256 centroids per sub-
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -34,33 +35,33 @@ class IvfPartition(FlatPartition):
     def structure(self) -> str:
         return "ivf" if self.trained else "exact"
 
-    def live_ids(self) -> np.ndarray:
-        if not self.trained:
-            return super().live_ids()
-        invlists, parts = self.index.invlists, []
+    def _lists(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(list number, ids) of every non-empty inverted list, in list order."""
+        invlists = self.index.invlists
         for list_no in range(self.index.nlist):
             size = invlists.list_size(list_no)
             if size:
                 ptr = invlists.get_ids(list_no)
-                parts.append(faiss.rev_swig_ptr(ptr, size).copy())
+                ids = faiss.rev_swig_ptr(ptr, size).copy()
                 invlists.release_ids(list_no, ptr)
+                yield list_no, ids
+
+    def live_ids(self) -> np.ndarray:
+        if not self.trained:
+            return super().live_ids()
+        parts = [ids for _, ids in self._lists()]
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
 
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.trained:
             return super().live_vectors()
         ids, vecs = [], []  # list by list: an IVF without a direct map cannot look an id up
-        invlists = self.index.invlists
-        for list_no in range(self.index.nlist):
-            size = invlists.list_size(list_no)
-            if size:
-                ptr = invlists.get_ids(list_no)
-                ids.append(faiss.rev_swig_ptr(ptr, size).copy())
-                invlists.release_ids(list_no, ptr)
-                block = np.empty((size, self.dim), np.float32)
-                for offset in range(size):
-                    self.index.reconstruct_from_offset(list_no, offset, faiss.swig_ptr(block[offset]))
-                vecs.append(block)
+        for list_no, list_ids in self._lists():
+            block = np.empty((len(list_ids), self.dim), np.float32)
+            for offset in range(len(list_ids)):
+                self.index.reconstruct_from_offset(list_no, offset, faiss.swig_ptr(block[offset]))
+            ids.append(list_ids)
+            vecs.append(block)
         if not ids:
             return np.empty(0, dtype=np.int64), np.empty((0, self.dim), np.float32)
         return np.concatenate(ids), np.vstack(vecs)
