@@ -10,7 +10,9 @@ An `UpgradeBundle` holds, for old model A -> new model B:
   fitted on one half of the held-out pairs and chosen on the other -- they enter no reported row
   (they only merge items that have no vector in the partition a query ranks by,
   service/core/merge.py);
-- a reliability model ordering the backfill (reliability.py);
+- a reliability model predicting how far each item's old vector lands from its new one
+  (reliability.py; reported per suggested item -- the backfill order itself is by routed hits,
+  backfill_order.py);
 - the migration curve: quality of new- and old-model queries as a gallery of held-out items is
   re-embedded in a random and in the suggested order, under the service's merge (migration.py);
 - the evaluation on held-out pairs: old/old, new/new, new/old raw, new/old through the
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from adapters.backfill_order import routed_hub_order
 from adapters.base import Adapter, ProgressFn
 from adapters.calibration import ScoreMap, fit_distribution_map, fit_score_map, select_score_map
 from adapters.calibration import scores as calibration_scores
@@ -183,7 +186,7 @@ def _migration_curves(bundle: UpgradeBundle, rows: dict, test: EvalSet, relevant
     sample = np.sort(np.random.default_rng(seed).permutation(n)[:CURVE_ITEMS])
     old, new, rel = test.old[sample], test.new[sample], relevant[np.ix_(sample, sample)]
     orders = {"random": np.random.default_rng(seed + 1).permutation(len(sample)),
-              "suggested": np.argsort(-bundle.reliability.predict_error(old), kind="stable")}
+              "suggested": routed_hub_order(old, bundle.old_to_new, bundle.new_to_old, metric_old, seed=seed)}
     stay = clearly_better(quality_ratios(rows, "new->old"), n)
     return {"items": len(sample), "new_queries_stay_on_route": stay,
             **{name: migration_curve(bundle.new_to_old, old, new, rel, order, stay, metric_old, metric_new)

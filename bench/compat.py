@@ -49,6 +49,32 @@ def sweep_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def sweep_output_arguments(parser, default_out: str) -> None:
+    """--out and --summarise-only, for the sweeps that replay their saved JSON (`run_sweep`)."""
+    parser.add_argument("--out", default=default_out)
+    parser.add_argument("--summarise-only", action="store_true", help="print the tables of the saved JSON")
+
+
+def run_sweep(args, run_one, print_runs) -> list[dict]:
+    """Every (dataset, pair) of `args`: results saved after each (an interrupted run keeps them),
+    then the tables printed; with --summarise-only, the saved results' tables only.
+    `run_one(dataset, pair)` returns one result."""
+    path = RESULTS / args.out
+    if args.summarise_only:
+        runs = json.loads(path.read_text())
+        print_runs(runs)
+        return runs
+    runs = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for dataset in args.datasets.split(","):
+        for pair in args.pairs.split(","):
+            runs.append(run_one(dataset, pair))
+            path.write_text(json.dumps(runs, indent=2))
+    print_runs(runs)
+    print(f"wrote {path}")
+    return runs
+
+
 def dataset_dir(dataset: str) -> Path:
     """../shared/data/<name>, or a set built by the project under bench/.cache/data/<name>."""
     for folder in (DATA / dataset, BUILT / dataset):

@@ -34,16 +34,16 @@ Writes bench/results/merge_replay.json and prints one table per dataset.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
+from adapters.backfill_order import routed_hub_order
 from adapters.bundle import HOLDOUT_FRACTION, UpgradeBundle, build_bundle, split_holdout
 from adapters.calibration import IDENTITY, fit_distribution_map, fit_score_map
 from adapters.migration import percentile_merge, score_merge, slot_merge
 from adapters.vectors import normalize
-from bench.compat import RESULTS, load_wordnet, stratified_half, sweep_arguments
+from bench.compat import load_wordnet, run_sweep, stratified_half, sweep_arguments, sweep_output_arguments
 
 LEVELS = (0.0, 1 / 3, 2 / 3, 1.0)
 NEW_MERGES = ("raw", "regression", "distribution", "chosen", "percentile", "slots")
@@ -110,7 +110,7 @@ def replay(dataset: str, pair: str, method: str, seed: int, log) -> dict:
     routed_old = normalize(bundle.old_to_new(old[test])) @ normalize(new).T
     native_old[own] = routed_old[own] = -np.inf
     orders = {"random": np.random.default_rng(seed).permutation(len(labels)),
-              "suggested": np.argsort(-bundle.reliability.predict_error(old), kind="stable")}
+              "suggested": routed_hub_order(old, bundle.old_to_new, bundle.new_to_old, seed=seed)}
     out = {"dataset": dataset, "pair": pair, "method": method, "selected": bundle.evaluation["selected"],
            "fit_seconds": fit_seconds, "items": len(labels), "queries": len(test),
            "chosen": {"new": bundle.new_old_scores.kind, "old": bundle.old_new_scores.kind}, "levels": []}
@@ -192,18 +192,9 @@ def print_tables(runs: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sweep_arguments(parser)
-    parser.add_argument("--out", default="merge_replay.json")
-    parser.add_argument("--summarise-only", action="store_true", help="print the tables of the saved JSON")
+    sweep_output_arguments(parser, "merge_replay.json")
     args = parser.parse_args()
-    if args.summarise_only:
-        print_tables(json.loads((RESULTS / args.out).read_text()))
-        return
-    runs = [replay(d, p, args.method, args.seed, lambda m: print(m, flush=True))
-            for d in args.datasets.split(",") for p in args.pairs.split(",")]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / args.out).write_text(json.dumps(runs, indent=2))
-    print_tables(runs)
-    print(f"wrote {RESULTS / args.out}")
+    run_sweep(args, lambda d, p: replay(d, p, args.method, args.seed, lambda m: print(m, flush=True)), print_tables)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       settings.snapshot_interval_seconds)
         services = Services(store=store, catalog=catalog, backend=backend, gallery=gallery, transforms=transforms,
                             upgrades=upgrades, runner=runner, scheduler=scheduler,
-                            backfill=Backfill(store, catalog, transforms),
+                            backfill=Backfill(store, catalog, gallery),
                             compat=CompatibilityMatrix(store, catalog, transforms))
         app.state.services = services
         log.info("nobackfill starting: database=%s index=%s", engine.url.render_as_string(hide_password=True),

@@ -112,8 +112,9 @@ def test_dashboard_end_to_end_in_chromium(seeded, browser, shots) -> None:
 
     # the migration curve of v1 -> v2: both client kinds, and where the wordnet gallery stands (1/3)
     page.goto(f"{url}/dashboard/upgrades/{seeded['uid12']}")
-    assert page.locator("svg.migration polyline.series").count() == 3
-    marker = page.locator("svg.migration g.now[data-collection='wordnet']")
+    for metric in ("top1", "mAP@R"):  # one chart per metric: the order moves top-1 more than mAP@R
+        assert page.locator(f"svg.migration[data-metric='{metric}'] polyline.series").count() == 3
+    marker = page.locator("svg.migration[data-metric='top1'] g.now[data-collection='wordnet']")
     assert marker.count() == 1 and "wordnet 33%" in marker.text_content()
     assert page.inner_text("#training-policy").startswith("Trains on request")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adapters.backfill_order import routed_hits
 from adapters.bundle import UpgradeBundle
 from adapters.vectors import normalize
 from tests.conftest import unique
@@ -87,7 +88,7 @@ def test_new_model_queries_match_the_offline_computation(client, live, upgraded)
     assert service > 0.8 * native, "new->old retrieval should be close to old/old"
 
 
-def test_progressive_backfill_moves_items_without_duplicates(client, upgraded) -> None:
+def test_progressive_backfill_moves_items_without_duplicates(client, live, upgraded) -> None:
     v1, v2, coll = upgraded["names"]
     query_ids = [IDS[i] for i in QUERIES]
     before = map_at_r(ranked_ids(service_ranking(client, coll, v2, NEW[QUERIES], K)), query_ids, LABEL_OF)
@@ -118,10 +119,18 @@ def test_progressive_backfill_moves_items_without_duplicates(client, upgraded) -
     report = client.get(f"/v1/collections/{coll}/backfill", params={"limit": 10}).json()
     assert report["target"] == v2 and report["migrated"] == len(third) and report["items"] == len(IDS)
     assert [m["items"] for m in report["models"]] == [len(IDS) - len(third), len(third)]
-    errors = [s["predicted_error"] for s in report["suggested"]]
-    assert len(errors) == 10 and errors == sorted(errors, reverse=True)
-    assert all(s["model"] == v1 for s in report["suggested"])
-    assert report["order"].startswith("predicted transformation error")
+    assert len(report["suggested"]) == 10 and all(s["model"] == v1 for s in report["suggested"])
+    assert report["order"].startswith("most retrieved first")
+    # the order: routed hits of every v1 vector (migrated items keep theirs), counted offline through
+    # the saved bundle, exactly as the service counts them through its index (480 items: all proxies)
+    bundle = UpgradeBundle.load(next(Path(live.settings.data_dir).glob(f"transformations/u{upgraded['uid']}/job*")))
+    offline = dict(zip(IDS, routed_hits(OLD, bundle.old_to_new, bundle.new_to_old).tolist(), strict=True))
+    got = [s["routed_hits"] for s in report["suggested"]]
+    assert got == sorted(got, reverse=True) and got[0] > 0
+    assert all(abs(s["routed_hits"] - offline[s["id"]]) <= 1 for s in report["suggested"])  # float32 near-ties
+    waiting = sorted((offline[i] for i in IDS if i not in migrated), reverse=True)
+    assert got[-1] >= waiting[9] - 1 and not {s["id"] for s in report["suggested"]} & migrated
+    assert all(isinstance(s["predicted_error"], float) for s in report["suggested"])
 
 
 def test_rollback_switches_the_transformation_queries_use(client, upgraded) -> None:

@@ -501,7 +501,12 @@ class BackfillModel(BaseModel):
 class BackfillSuggestion(BaseModel):
     id: str
     model: str
-    predicted_error: float | None
+    routed_hits: int | None = Field(
+        description="How many sampled target-model proxy queries, routed into this item's model, hold it in their "
+                    "top 10 (the order's key); null where the item's model has no route both ways.")
+    predicted_error: float | None = Field(
+        description="The upgrade's predicted transformation error for this item (1 - cosine between its mapped old "
+                    "vector and where the new model would put it); null without an active upgrade from its model.")
 
 
 class BackfillOut(BaseModel):

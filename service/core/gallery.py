@@ -19,7 +19,7 @@ from functools import partial
 
 import numpy as np
 
-from index import IndexBackend, IndexSpec, PartitionKey, PartitionState, PartitionWrite
+from index import IndexBackend, IndexSpec, PartitionKey, PartitionState, PartitionWrite, SearchResult
 from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound, Unavailable
 from service.core.filtered import FilterPlan, drop_unmatched
@@ -260,6 +260,13 @@ class Gallery:
             records.update(self.store.hits_by_id(collection_id, sorted(stale)))
 
     # ---- reads --------------------------------------------------------------------------------
+    def search_partition(self, collection: CollectionRecord, model_id: int, queries: np.ndarray,
+                         k: int) -> SearchResult:
+        """Top k of one partition for queries already in its space, ranked exactly as a query's
+        routed search ranks them (re-scoring included); for the backfill order (backfill.py)."""
+        self._require_ready()
+        return self._search(collection, {model_id: queries}, k)[model_id]
+
     def get_item(self, collection: CollectionRecord, key: str) -> ItemRecord:
         item = self.store.get_item(collection.id, key, lambda mid: self.catalog.model_by_id(mid).dim)
         if item is None:

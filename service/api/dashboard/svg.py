@@ -89,18 +89,21 @@ def curve(points: Sequence[dict], width: int = 560, height: int = 220) -> Markup
     return Markup("".join(parts))
 
 
-def migration(curves: dict, markers: Sequence[tuple[str, float]], width: int = 560, height: int = 240) -> Markup:
-    """Quality (mAP@R) of new- and old-model queries against the share of the gallery re-embedded,
-    replayed on held-out pairs (adapters/migration.py); a marker per collection at its share now."""
+def migration(curves: dict, markers: Sequence[tuple[str, float]], metric: str = "mAP@R", width: int = 560,
+              height: int = 240) -> Markup:
+    """Quality (`metric`: "top1" or "mAP@R") of new- and old-model queries against the share of the
+    gallery re-embedded, replayed on held-out pairs (adapters/migration.py); a marker per collection
+    at its share now. Two charts, because the backfill order moves top-1 more than mAP@R."""
     series = {name: curves.get(name) or [] for name in ("random", "suggested")}
     if not any(len(v) >= 2 for v in series.values()):
         return Markup('<p class="muted">no migration curve (transformation trained before it was recorded)</p>')
     base = next(v for v in series.values() if len(v) >= 2)
     lines = {
-        "new-model queries, random order": ([p["new_mAP@R"] for p in series["random"]], "#34508f", series["random"]),
-        "new-model queries, suggested order": ([p["new_mAP@R"] for p in series["suggested"]], "#27ae60",
+        "new-model queries, random order": ([p[f"new_{metric}"] for p in series["random"]], "#34508f",
+                                            series["random"]),
+        "new-model queries, suggested order": ([p[f"new_{metric}"] for p in series["suggested"]], "#27ae60",
                                                series["suggested"]),
-        "old-model queries (kept old vectors)": ([p["old_mAP@R"] for p in base], "#c0392b", base),
+        "old-model queries (kept old vectors)": ([p[f"old_{metric}"] for p in base], "#c0392b", base),
     }
     values = [v for vals, _, _ in lines.values() for v in vals]
     lo, hi = min(values), max(values)
@@ -113,12 +116,14 @@ def migration(curves: dict, markers: Sequence[tuple[str, float]], width: int = 5
     def y(v: float) -> float:
         return height - pad - (v - lo) / (hi - lo) * (height - 2 * pad)
 
-    parts = [f'<svg class="migration" width="{width}" height="{height}" role="img" aria-label="migration curve">',
+    label = "top-1" if metric == "top1" else metric
+    parts = [f'<svg class="migration" data-metric="{escape(metric)}" width="{width}" height="{height}" role="img" '
+             f'aria-label="migration curve, {escape(label)}">',
              f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>',
              f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>',
              f'<text x="{width / 2}" y="{height - 8}" font-size="11" text-anchor="middle">share of the gallery '
              're-embedded (0 – 100 %)</text>',
-             f'<text x="4" y="{pad - 8}" font-size="11">mAP@R {hi:.3f}</text>',
+             f'<text x="4" y="{pad - 8}" font-size="11">{escape(label)} {hi:.3f}</text>',
              f'<text x="4" y="{height - pad + 14}" font-size="11">{lo:.3f}</text>']
     for i, (name, (vals, color, pts)) in enumerate(lines.items()):
         if len(vals) < 2:
