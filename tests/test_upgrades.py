@@ -133,6 +133,37 @@ def test_progressive_backfill_moves_items_without_duplicates(client, live, upgra
     assert all(isinstance(s["predicted_error"], float) for s in report["suggested"])
 
 
+def test_backfill_counts_are_searched_once_and_recounted_when_the_partition_grows(client, live, upgraded,
+                                                                                   monkeypatch) -> None:
+    """The proxy search behind the order is bounded work: done once per partition, reused by every
+    report (any limit), skipped for progress-only reports, and redone when the partition's size
+    moves by more than 5 % (service/core/backfill.py)."""
+    v1, _, coll = upgraded["names"]
+    backfill = live.app.state.services.backfill
+    searches: list[int] = []
+    real = backfill.gallery.search_partition
+
+    def counted(collection, model_id, queries, k):
+        searches.append(len(queries))
+        return real(collection, model_id, queries, k)
+
+    monkeypatch.setattr(backfill.gallery, "search_partition", counted)
+    backfill._hits.clear()  # cold: the first report counts
+    report = lambda limit: client.get(f"/v1/collections/{coll}/backfill", params={"limit": limit})  # noqa: E731
+    first = report(5).json()["suggested"]
+    assert sum(searches) == len(IDS), "every v1 vector is a proxy at this size (fewer than MIN_PROXIES)"
+    again = report(7).json()["suggested"]
+    assert sum(searches) == len(IDS) and [s["id"] for s in again[:5]] == [s["id"] for s in first]
+    assert report(0).json()["suggested"] == [] and sum(searches) == len(IDS)
+    extra = [f"extra-{i}" for i in range(30)]  # 480 -> 510 v1 vectors: + 6 %
+    assert upsert(client, coll, v1, extra, OLD[:30] + 0.01, compact=True).status_code == 200
+    try:
+        assert report(5).status_code == 200 and sum(searches) == len(IDS) + len(IDS) + 30
+    finally:
+        for key in extra:
+            assert client.delete(f"/v1/collections/{coll}/items/{key}").status_code == 204
+
+
 def test_rollback_switches_the_transformation_queries_use(client, upgraded) -> None:
     v1, v2, coll = upgraded["names"]
     uid = upgraded["uid"]
