@@ -45,9 +45,14 @@ def counted_hits(hit_ids: np.ndarray, proxy_ids: np.ndarray, depth: int = ROUTED
     return hit_ids[usable & (np.cumsum(usable, axis=1) <= depth)]
 
 
-def hit_counts(candidates: np.ndarray, counted: np.ndarray) -> np.ndarray:
-    """Per candidate id, how often it was counted (0 if never)."""
-    ids, counts = np.unique(np.asarray(counted, dtype=np.int64), return_counts=True)
+def tally(counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted ids, how often each was counted): `counted_hits` reduced once, looked up many times."""
+    return np.unique(np.asarray(counted, dtype=np.int64), return_counts=True)
+
+
+def hit_counts(candidates: np.ndarray, tallied: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per candidate id, its count in `tallied` (0 if never counted)."""
+    ids, counts = tallied
     candidates = np.asarray(candidates, dtype=np.int64)
     if not len(ids):
         return np.zeros(len(candidates), dtype=np.int64)
@@ -81,7 +86,7 @@ def routed_hits(old: np.ndarray, old_to_new: Map, new_to_old: Map, metric: str =
         top = np.argpartition(-s, width - 1, axis=1)[:, :width]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, axis=1), axis=1), axis=1)
         counted.append(counted_hits(top, chunk, depth))
-    return hit_counts(np.arange(len(old)), np.concatenate(counted))
+    return hit_counts(np.arange(len(old)), tally(np.concatenate(counted)))
 
 
 def routed_hub_order(old: np.ndarray, old_to_new: Map, new_to_old: Map, metric: str = "cosine",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters.backfill_order import counted_hits, hit_counts, hub_order, routed_hits, sample_rows
+from adapters.backfill_order import counted_hits, hit_counts, hub_order, routed_hits, sample_rows, tally
 from adapters.bundle import build_bundle
 from adapters.metrics import scores_quality
 from adapters.migration import leave_one_out, slot_merge
@@ -21,9 +21,9 @@ def test_counted_hits_skip_the_proxys_own_item_missing_hits_and_everything_past_
     hits = np.array([[5, 7, 9, 11], [3, -1, 4, 8], [2, 6, 1, 0]])
     own = np.array([7, 3, 99])
     assert counted_hits(hits, own, depth=2).tolist() == [5, 9, 4, 8, 2, 6]
-    counts = hit_counts(np.array([2, 4, 5, 6, 42]), counted_hits(hits, own, depth=2))
+    counts = hit_counts(np.array([2, 4, 5, 6, 42]), tally(counted_hits(hits, own, depth=2)))
     assert counts.tolist() == [1, 1, 1, 1, 0]
-    assert hit_counts(np.array([1, 2]), np.empty(0, np.int64)).tolist() == [0, 0]
+    assert hit_counts(np.array([1, 2]), tally(np.empty(0, np.int64))).tolist() == [0, 0]
 
 
 def test_hub_order_puts_the_most_retrieved_first_and_breaks_ties_by_insertion() -> None:

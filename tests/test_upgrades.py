@@ -30,6 +30,11 @@ QUERIES = np.arange(1, len(IDS), 2)  # the other half queries
 K = 60
 
 
+def saved_bundle(live, uid: int) -> UpgradeBundle:
+    """The upgrade's trained bundle as the server saved it under its data directory."""
+    return UpgradeBundle.load(next(Path(live.settings.data_dir).glob(f"transformations/u{uid}/job*")))
+
+
 def ranked_ids(result: dict) -> list[list[str]]:
     return [[h["id"] for h in row["hits"]] for row in result["results"]]
 
@@ -73,8 +78,7 @@ def test_new_model_queries_match_the_offline_computation(client, live, upgraded)
     (searched,) = out["searched"]
     assert searched["model"] == v1 and searched["route"] == [v2, v1] and out["skipped"] == []
     t = client.get(f"/v1/upgrades/{upgraded['uid']}").json()["transformations"][0]
-    bundle_dir = next(Path(live.settings.data_dir).glob(f"transformations/u{upgraded['uid']}/job*"))
-    bundle = UpgradeBundle.load(bundle_dir)
+    bundle = saved_bundle(live, upgraded["uid"])
     assert searched["transformations"] == [t["id"]]
     expected = np.argsort(-(normalize(bundle.new_to_old(NEW[QUERIES])) @ normalize(OLD).T), axis=1)[:, :K]
     got = ranked_ids(out)
@@ -123,7 +127,7 @@ def test_progressive_backfill_moves_items_without_duplicates(client, live, upgra
     assert report["order"].startswith("most retrieved first")
     # the order: routed hits of every v1 vector (migrated items keep theirs), counted offline through
     # the saved bundle, exactly as the service counts them through its index (480 items: all proxies)
-    bundle = UpgradeBundle.load(next(Path(live.settings.data_dir).glob(f"transformations/u{upgraded['uid']}/job*")))
+    bundle = saved_bundle(live, upgraded["uid"])
     offline = dict(zip(IDS, routed_hits(OLD, bundle.old_to_new, bundle.new_to_old).tolist(), strict=True))
     got = [s["routed_hits"] for s in report["suggested"]]
     assert got == sorted(got, reverse=True) and got[0] > 0
@@ -149,7 +153,10 @@ def test_backfill_counts_are_searched_once_and_recounted_when_the_partition_grow
 
     monkeypatch.setattr(backfill.gallery, "search_partition", counted)
     backfill._hits.clear()  # cold: the first report counts
-    report = lambda limit: client.get(f"/v1/collections/{coll}/backfill", params={"limit": limit})  # noqa: E731
+
+    def report(limit: int):
+        return client.get(f"/v1/collections/{coll}/backfill", params={"limit": limit})
+
     first = report(5).json()["suggested"]
     assert sum(searches) == len(IDS), "every v1 vector is a proxy at this size (fewer than MIN_PROXIES)"
     again = report(7).json()["suggested"]
@@ -412,7 +419,7 @@ def test_transformed_queries_search_a_quantised_partition_with_exact_rescoring(c
     wait_until_trained(client, coll, live.settings.index_backend)  # then the lists hold 8-bit codes
     out = service_ranking(client, coll, v2, NEW[QUERIES], 10)
     assert out["searched"][0]["route"] == [v2, v1]
-    bundle = UpgradeBundle.load(next(Path(live.settings.data_dir).glob(f"transformations/u{uid}/job*")))
+    bundle = saved_bundle(live, uid)
     exact = normalize(bundle.new_to_old(NEW[QUERIES])) @ normalize(OLD).T
     expected = np.argsort(-exact, axis=1)[:, :10]
     got = ranked_ids(out)

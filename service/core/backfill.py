@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapters.backfill_order import ROUTED_DEPTH, counted_hits, hit_counts, round_trip, sample_rows
+from adapters.backfill_order import ROUTED_DEPTH, counted_hits, hit_counts, round_trip, sample_rows, tally
 from index import PartitionKey
 from service.core.catalog import Catalog
 from service.core.gallery import Gallery
@@ -41,10 +41,10 @@ UNREACHABLE, BY_HITS, BY_INSERTION = 0, 1, 2  # groups of the suggested order, f
 
 @dataclass(frozen=True)
 class RoutedHits:
-    """The proxy search's tally for one partition: counted hit ids, and what it was made on."""
+    """The proxy search's tally for one partition (sorted ids, counts) and the partition size it
+    was made on (to tell when it is stale)."""
 
-    counted: np.ndarray
-    proxies: int
+    tallied: tuple[np.ndarray, np.ndarray]
     partition_items: int
 
 
@@ -107,7 +107,7 @@ class Backfill:
             else:
                 group, by_hits = BY_HITS, True
                 if limit:  # limit 0 asks for progress only: no proxy search
-                    hits = hit_counts(ids, self._routed_hits(collection, mid, target.id, table, routes).counted)
+                    hits = hit_counts(ids, self._routed_hits(collection, mid, target.id, table, routes).tallied)
             columns.append(np.stack([np.full(len(ids), group), np.full(len(ids), mid), -hits, ids], axis=1))
         rows = np.concatenate(columns) if columns else np.empty((0, 4), dtype=np.int64)
         first = rows[np.lexsort(rows.T[::-1])][:limit]
@@ -130,12 +130,13 @@ class Backfill:
     def _routed_hits(self, collection: CollectionRecord, mid: int, target: int, table: RouteTable,
                      routes: tuple[Route, Route]) -> RoutedHits:
         """The partition's tally, recounted when it is stale (module docstring)."""
-        ids = self.store.partition_ids(collection.id, mid)  # current and kept vectors: what routed queries see
+        size = self.gallery.partition_sizes(collection).get(mid, 0)  # the index's count: no SQL read
         key = (collection.id, mid, target, table.fingerprint)
         with self._lock:
             cached = self._hits.get(key)
-        if cached is not None and abs(len(ids) - cached.partition_items) <= REFRESH_GROWTH * cached.partition_items:
+        if cached is not None and abs(size - cached.partition_items) <= REFRESH_GROWTH * cached.partition_items:
             return cached
+        ids = self.store.partition_ids(collection.id, mid)  # current and kept vectors: what routed queries see
         model = self.catalog.model_by_id(mid)
         cost = max(self.gallery.backend.search_cost(PartitionKey(collection.id, mid)), 1)
         wanted = int(np.clip(PROXY_WORK // cost, MIN_PROXIES, MAX_PROXIES))
@@ -149,11 +150,11 @@ class Backfill:
                 result = self.gallery.search_partition(collection, mid, proxies[s : s + _SEARCH_CHUNK],
                                                        ROUTED_DEPTH + 1)
                 counted.append(counted_hits(result.ids, np.asarray(found[s : s + _SEARCH_CHUNK]), ROUTED_DEPTH))
-        tally = RoutedHits(np.concatenate(counted) if counted else np.empty(0, np.int64), len(sample), len(ids))
+        hits = RoutedHits(tally(np.concatenate(counted) if counted else np.empty(0, np.int64)), size)
         with self._lock:
             self._hits = {k: v for k, v in self._hits.items() if k[3] == table.fingerprint}
-            self._hits[key] = tally
-        return tally
+            self._hits[key] = hits
+        return hits
 
     def _predicted_errors(self, collection: CollectionRecord, target: ModelRecord,
                           ranked: list[tuple[int, int, int | None]]) -> dict[int, float]:
