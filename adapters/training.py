@@ -168,7 +168,7 @@ def retrieval_scorer(
     on the training loss, is what keeps small pair sets from overfitting (the contrastive and
     influence terms keep falling on training rows long after retrieval on unseen rows has peaked).
     """
-    from adapters.metrics import pairing_metrics, retrieval_metrics
+    from adapters.metrics import map_at_r, pairing_metrics
 
     def score(idx: torch.Tensor, unseen: torch.Tensor) -> list[float]:
         with torch.no_grad():
@@ -179,7 +179,7 @@ def retrieval_scorer(
             parts = []
             for mask in (unseen.cpu().numpy(), ~unseen.cpu().numpy()):
                 if mask.sum() >= 8 and np.bincount(labels[mask]).max() > 1:
-                    parts.append(retrieval_metrics(q[mask], g[mask], labels[mask]).mAP_at_R)
+                    parts.append(map_at_r(q[mask], g[mask], labels[mask]))
             if parts:
                 return parts
         return [pairing_metrics(q, g).mrr]

@@ -11,9 +11,12 @@ from adapters.metrics import (
     compatibility_summary,
     consensus_neighbours,
     gap_closed,
+    map_at_r,
+    neighbour_map_at_r,
     neighbour_metrics,
     pairing_metrics,
     passes_ecc,
+    per_query_quality,
     retrieval_metrics,
 )
 
@@ -50,6 +53,42 @@ def test_cross_model_queries_and_chunking_agree() -> None:
     chunked = retrieval_metrics(q, g, labels, chunk=7)
     assert full == chunked
     assert retrieval_metrics(g, g, labels).top1 <= 1.0
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_head_only_rankings_equal_the_full_ranking(ties: bool) -> None:
+    """Top-1 / AP@R from partitioned heads equal the full stable sort's, ties at the cut included
+    (coarsely rounded vectors tie often), many classes (short heads: the partition path) and few
+    (long heads: the sort path)."""
+    rng = np.random.default_rng(1)
+    for classes in (60, 3):
+        g = rng.normal(size=(700, 6)).astype(np.float32)
+        q = g + 0.7 * rng.normal(size=g.shape).astype(np.float32)
+        if ties:
+            g, q = np.round(g), np.round(q)
+        labels = rng.integers(0, classes, size=700)
+        full = retrieval_metrics(q, g, labels, chunk=256)
+        quality = per_query_quality(q, g, labels, chunk=256)
+        valid = ~np.isnan(quality[:, 1])
+        assert valid.sum() == full.queries
+        assert quality[valid, 0].mean() == pytest.approx(full.top1, abs=1e-12)
+        assert quality[valid, 1].mean() == pytest.approx(full.mAP_at_R, abs=1e-12)
+        assert map_at_r(q, g, labels, chunk=100) == pytest.approx(full.mAP_at_R, abs=1e-12)
+        neighbours = consensus_neighbours(g, q + 0.3 * rng.normal(size=q.shape).astype(np.float32))
+        assert neighbour_map_at_r(q, g, neighbours, chunk=128) == pytest.approx(
+            neighbour_metrics(q, g, neighbours).mAP_at_R, abs=1e-12)
+
+
+def test_fast_ranking_orders_ties_like_a_stable_sort() -> None:
+    from adapters.metrics import _ranked, _ranked_head
+
+    rng = np.random.default_rng(2)
+    scores = np.round(rng.normal(size=(300, 400)), 1).astype(np.float32)  # many ties per row
+    scores[5, 7] = np.nan
+    expected = np.argsort(-scores, axis=1, kind="stable")
+    assert np.array_equal(_ranked(scores.copy(), None), expected)
+    for depth in (1, 13, 290):
+        assert np.array_equal(_ranked_head(scores.copy(), None, depth), expected[:, :depth])
 
 
 def test_pairing_by_hand() -> None:

@@ -23,9 +23,9 @@ item's neighbours under both models), which keeps the blend balanced between the
 (ranking blends by clusters of the new model's embeddings instead pushed t to 1 and cost top-1 on
 WordNet: docs/adapters.md) -- then G and F are refitted on all pairs.
 Forward map (old -> new, for old-model queries against re-embedded items): G itself.
-Cost: one d x d Gram matrix per direction and fold (O(n d^2)), one d x d solve per alpha; the
-held-out part of a fold is capped at `max_fold_eval` items for scoring. 1.3 s on ~2k pairs of
-384/768-d (bench/compat.py).
+Cost: one pass over the pairs for the moments of each fold (O(n d^2) in all: a fold's fit set is
+total - fold, adapters/moments.py), one d x d solve per alpha and fold; the held-out part of a
+fold is capped at `max_fold_eval` items for scoring.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
-from adapters.methods.affine import RidgeSolver
-from adapters.metrics import consensus_neighbours, neighbour_metrics, retrieval_metrics
+from adapters.metrics import consensus_neighbours, map_at_r, neighbour_map_at_r
+from adapters.moments import PairMoments
 from adapters.registry import register_method
 from adapters.vectors import as_matrix, normalize
 
@@ -72,45 +72,48 @@ class Adjoint(Adapter):
         o, w = normalize(x_old), normalize(x_new)
         self.mu_old, self.mu_new = o.mean(axis=0), w.mean(axis=0)
         oc, wc = o - self.mu_old, w - self.mu_new
-        scores = self._cross_validate(oc, wc, labels, seed, progress)
+        parts = self._folds(len(oc), labels, seed)
+        fold_moments = [PairMoments.of(oc[held], wc[held]) for held in parts]
+        total = sum(fold_moments[1:], fold_moments[0]) if parts else PairMoments.of(oc, wc)
+        scores = self._cross_validate(oc, wc, labels, parts, fold_moments, total, progress)
         if scores:
             alpha, t = max(scores, key=scores.get)
         else:  # too few pairs to hold any out
             alpha, t = 1.0, 1.0
-        self.adjoint = RidgeSolver(oc, wc).solve(alpha)  # G: old -> new
-        self.direct = RidgeSolver(wc, oc).solve(alpha)  # F: new -> old
+        self.adjoint = total.ridge_x_to_y(alpha)  # G: old -> new
+        self.direct = total.ridge_y_to_x(alpha)  # F: new -> old
         self.blend = np.array([t], dtype=np.float32)
         progress(1.0, f"adjoint: alpha={alpha:g} t={t:g}")
         return FitReport(method=self.name, steps=1, notes={
             "alpha": alpha, "blend": t, "val_objective": "new/old mAP@R, k-fold",
             "cv_mAP@R": {f"alpha={a:g},t={b:g}": round(v, 5) for (a, b), v in scores.items()}})
 
-    def _cross_validate(self, oc: np.ndarray, wc: np.ndarray, labels: np.ndarray | None, seed: int,
-                        progress: ProgressFn) -> dict[tuple[float, float], float]:
-        """Mean held-out mAP@R per (alpha, t) over the folds."""
-        n = len(oc)
+    def _folds(self, n: int, labels: np.ndarray | None, seed: int) -> list[np.ndarray]:
         folds = min(int(self.params["folds"]), n // 20)
-        if folds < 2:
-            return {}
-        parts = fold_indices(n, labels, folds, seed)
+        return fold_indices(n, labels, folds, seed) if folds >= 2 else []
+
+    def _cross_validate(self, oc: np.ndarray, wc: np.ndarray, labels: np.ndarray | None, parts: list[np.ndarray],
+                        fold_moments: list[PairMoments], total: PairMoments,
+                        progress: ProgressFn) -> dict[tuple[float, float], float]:
+        """Mean held-out mAP@R per (alpha, t) over the folds; each fold's maps come from the
+        moments of all pairs less that fold's (the same regressions as refitting on the rest)."""
         totals: dict[tuple[float, float], float] = {}
         for f, held in enumerate(parts):
-            fit = np.setdiff1d(np.arange(n), held)
+            fit = total - fold_moments[f]
             held = held[: int(self.params["max_fold_eval"])]
             gallery = oc[held] + self.mu_old
             neighbours = None if labels is not None else consensus_neighbours(gallery, wc[held] + self.mu_new)
-            old_to_new, new_to_old = RidgeSolver(oc[fit], wc[fit]), RidgeSolver(wc[fit], oc[fit])
             for alpha in self.params["alphas"]:
-                g, d = old_to_new.solve(alpha), new_to_old.solve(alpha)
+                g, d = fit.ridge_x_to_y(alpha), fit.ridge_y_to_x(alpha)
                 for t in self.params["blends"]:
                     queries = blend(wc[held], d, g, float(t))
                     if neighbours is None:
-                        m = retrieval_metrics(queries, gallery, labels[held])
+                        score = map_at_r(queries, gallery, labels[held])
                     else:
-                        m = neighbour_metrics(queries, gallery, neighbours)
+                        score = neighbour_map_at_r(queries, gallery, neighbours)
                     key = (float(alpha), float(t))
-                    totals[key] = totals.get(key, 0.0) + m.mAP_at_R / len(parts)
-            progress((f + 1) / (folds + 1), f"adjoint: fold {f + 1}/{folds}")
+                    totals[key] = totals.get(key, 0.0) + score / len(parts)
+            progress((f + 1) / (len(parts) + 1), f"adjoint: fold {f + 1}/{len(parts)}")
         return totals
 
     def transform(self, x_new: np.ndarray, x_old: np.ndarray | None = None) -> np.ndarray:

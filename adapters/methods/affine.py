@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
+from adapters.moments import cross_moment, ridge_solution
 from adapters.registry import register_method
 from adapters.vectors import as_matrix, normalize
 
@@ -19,11 +20,10 @@ class RidgeSolver:
     """Ridge regressions y ~ x W of centred data for several alphas from one Gram matrix (float64)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
-        x64, y64 = x.astype(np.float64), y.astype(np.float64)
-        self.gram, self.cross = x64.T @ x64, x64.T @ y64
+        self.gram, self.cross = cross_moment(x, x), cross_moment(x, y)
 
     def solve(self, alpha: float) -> np.ndarray:
-        return np.linalg.solve(self.gram + alpha * np.eye(self.gram.shape[0]), self.cross).astype(np.float32)
+        return ridge_solution(self.gram, self.cross, alpha)
 
 
 def centred_solver(x: np.ndarray, y: np.ndarray) -> tuple[RidgeSolver, np.ndarray, np.ndarray]:

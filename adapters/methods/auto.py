@@ -49,7 +49,7 @@ import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
 from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, cross_row, queries_row
-from adapters.metrics import cluster_labels, per_query_quality, retrieval_metrics
+from adapters.metrics import cluster_labels, map_at_r, per_query_quality
 from adapters.registry import METHODS, baselines, candidates, create, create_stored, register_method
 from adapters.vectors import normalize
 
@@ -117,7 +117,7 @@ class Screen:
         bt2's start is its own architecture, which can beat Procrustes, so staying is no reason alone."""
         relevance = self.labels[fold] if self.labels is not None else cluster_labels(
             np.hstack([normalize(self.x_old[fold]), normalize(self.x_new[fold])]), seed=self.seed)
-        score = {name: retrieval_metrics(q, self.x_old[fold], relevance).mAP_at_R for name, q in mapped.items()}
+        score = {name: map_at_r(q, self.x_old[fold], relevance) for name, q in mapped.items()}
         closed = {n: s for n, s in score.items() if not METHODS[n].cls.trained}
         best = max(closed, key=closed.get)
         for name, report in reports.items():
@@ -223,7 +223,7 @@ def score_pool(oof: OutOfFold, x_old: np.ndarray, x_new: np.ndarray, labels: np.
         for part, mask in zip(PARTS, (oof.unseen, ~oof.unseen), strict=True):
             if mask.sum() < 10 or len(np.unique(pool_labels[mask])) < 2:
                 continue  # too small to rank by (e.g. fewer than 4 classes: nothing is unseen)
-            parts[part] = {name: retrieval_metrics(q[mask], test.old[mask], pool_labels[mask]).mAP_at_R
+            parts[part] = {name: map_at_r(q[mask], test.old[mask], pool_labels[mask])
                            for name, q in oof.queries.items()}
     return PoolScores(results, parts, rows, test.relevance, per_item)
 

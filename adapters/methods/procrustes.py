@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
+from adapters.moments import cross_moment
 from adapters.registry import register_method
 from adapters.vectors import as_matrix, normalize
 
@@ -29,7 +30,8 @@ def pad_to(x: np.ndarray, width: int) -> np.ndarray:
 def procrustes_rotation(x_new: np.ndarray, x_old: np.ndarray) -> np.ndarray:
     """The D x D orthogonal W minimising ||pad(x_new) W - pad(x_old)||_F, D = max widths."""
     width = max(x_new.shape[1], x_old.shape[1])
-    m = pad_to(x_new, width).T.astype(np.float64) @ pad_to(x_old, width).astype(np.float64)
+    m = np.zeros((width, width), dtype=np.float64)  # padding the product, not the data: same m, less work
+    m[: x_new.shape[1], : x_old.shape[1]] = cross_moment(x_new, x_old)
     try:
         u, _, vt = np.linalg.svd(m)
     except np.linalg.LinAlgError:

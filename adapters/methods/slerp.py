@@ -14,7 +14,7 @@ import numpy as np
 
 from adapters.base import Adapter, FitReport, ProgressFn
 from adapters.methods.procrustes import Procrustes
-from adapters.metrics import consensus_neighbours, neighbour_metrics, retrieval_metrics
+from adapters.metrics import consensus_neighbours, map_at_r, neighbour_map_at_r
 from adapters.registry import register_method
 from adapters.vectors import as_matrix, normalize
 
@@ -56,11 +56,10 @@ class Slerp(Adapter):
             for i, alpha in enumerate(alphas):
                 q = slerp(x_old[val], mapped, alpha)
                 if labels is not None:
-                    m = retrieval_metrics(q, x_old[val], labels[val])
+                    scores[alpha] = map_at_r(q, x_old[val], labels[val])
                 else:
-                    m = neighbour_metrics(q, x_old[val], relevance)
-                scores[alpha] = m.mAP_at_R
-                progress((i + 1) / (len(alphas) + 1), f"slerp: alpha={alpha:g} mAP@R {m.mAP_at_R:.4f}")
+                    scores[alpha] = neighbour_map_at_r(q, x_old[val], relevance)
+                progress((i + 1) / (len(alphas) + 1), f"slerp: alpha={alpha:g} mAP@R {scores[alpha]:.4f}")
             self.alpha = max(scores, key=lambda a: (scores[a], a))
         else:
             self.alpha = 0.5
