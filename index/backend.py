@@ -170,6 +170,10 @@ class IndexBackend(ABC):
     def close(self) -> None:  # noqa: B027 -- optional hook: most backends hold nothing to release
         """Release connections and threads (shutdown); the default holds none."""
 
+    def startup_done(self) -> None:  # noqa: B027 -- optional hook: most backends read nothing ahead
+        """Start-up has restored every partition: release anything held only for it (FAISS drops
+        snapshots prefetched for partitions the database no longer has)."""
+
     def check_spec(self, spec: IndexSpec) -> None:  # noqa: B027 -- optional hook: FAISS builds every spec
         """Raise ValueError when this backend cannot build `spec`, before anything is created."""
 

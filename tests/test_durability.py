@@ -133,7 +133,8 @@ def test_restart_keeps_everything(servers, database_url: str, tmp_path: Path) ->
     server.stop()
     assert list((tmp_path / "data" / "indexes").rglob("*.npz")), "a clean stop writes snapshots"
 
-    server = servers(tmp_path / "data", database_url).start()
+    server = servers(tmp_path / "data", database_url, NOBACKFILL_LOG_LEVEL="info").start()
+    assert "snapshots: 1 read ahead (while the service started), 0 read at start-up" in server.log_tail()
     with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.get("/v1/collections/g").json()["items"] == 299
         assert c.get("/v1/collections/g/items/doc-7").json()["payload"] == {"n": 7}

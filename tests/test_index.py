@@ -161,6 +161,57 @@ def test_corrupt_snapshot_is_ignored(tmp_path) -> None:
     assert FaissBackend(tmp_path).restore(key, 4, "cosine", IndexSpec()) is None
 
 
+def test_snapshot_with_a_flipped_byte_in_its_index_is_refused(tmp_path) -> None:
+    """The index member is read straight from the file: its CRC is still checked."""
+    import zipfile
+
+    key = PartitionKey(1, 1)
+    backend = FaissBackend(tmp_path)
+    backend.ensure_partition(key, 8, "cosine", IndexSpec())
+    backend.apply(1, {1: PartitionWrite(add_ids=np.arange(50), add_vectors=clustered(50, 8))}, tag=3)
+    backend.persist(key)
+    path = tmp_path / "c1" / "m1.npz"
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("index.faiss")
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size - 7] ^= 0x40  # a vector byte
+    path.write_bytes(bytes(data))
+    assert FaissBackend(tmp_path).restore(key, 8, "cosine", IndexSpec()) is None
+
+
+def test_prefetched_snapshots_are_taken_when_unchanged(tmp_path, monkeypatch) -> None:
+    """`nobackfill serve` starts reading snapshots before it imports the service: the backend takes
+    each one from that read when the file is still the one read, and reads it itself otherwise."""
+    from index.faiss import prefetch
+
+    monkeypatch.chdir(tmp_path.parent)  # the service's default data directory is relative (./data)
+    relative = tmp_path.relative_to(tmp_path.parent)
+    x = clustered(300, 8)
+    keys = [PartitionKey(1, 1), PartitionKey(1, 2), PartitionKey(2, 1)]
+    backend = FaissBackend(relative)
+    for key in keys:
+        backend.ensure_partition(key, 8, "cosine", IndexSpec())
+        backend.apply(key.collection, {key.model: PartitionWrite(add_ids=np.arange(300), add_vectors=x)}, tag=5)
+        backend.persist(key)
+    prefetch.start(relative)
+    prefetch._started[tmp_path.resolve()]._done.wait()
+    backend.apply(1, {}, tag=9)
+    backend.persist(keys[1])  # rewritten after it was read (another tag): that read is stale
+
+    reads: list[str] = []
+    original = FaissBackend._read_snapshot
+    monkeypatch.setattr(FaissBackend, "_read_snapshot",
+                        staticmethod(lambda path, *a: reads.append(path.name) or original(path, *a)))
+    fresh = FaissBackend(relative)
+    assert prefetch.claim(tmp_path) is None, "the backend claimed its directory's prefetch"
+    assert fresh.restore(keys[0], 8, "cosine", IndexSpec()) == 5 and reads == []
+    assert fresh.restore(keys[1], 8, "cosine", IndexSpec()) == 9 and reads == ["m2.npz"]
+    assert fresh.search(1, {1: x[7:8]}, 1)[1].ids[0, 0] == 7
+    assert fresh.restore(keys[2], 16, "cosine", IndexSpec()) is None, "another configuration is not reused"
+    fresh.startup_done()
+    assert fresh._prefetch is None
+
+
 def test_apply_is_atomic_across_partitions_for_searchers() -> None:
     """Moving ids between partitions under load: a searcher never sees an id in both or neither."""
     backend = FaissBackend()

@@ -11,7 +11,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from service.store import AlreadyExists, Store
-from service.store.db import alembic_config, make_engine, migrate
+from service.store.db import HEAD_REVISION, alembic_config, make_engine, migrate
 from service.store.tables import Base
 
 
@@ -35,6 +35,7 @@ def test_migrations_create_the_schema(store: Store) -> None:
     assert {"models", "collections", "items", "item_history", "upgrades", "upgrade_pairs", "transformations",
             "jobs", "collection_retirements", "transformation_files", "index_journal", "alembic_version"} <= tables
     head = ScriptDirectory.from_config(alembic_config(str(store.engine.url))).get_current_head()
+    assert head == HEAD_REVISION, "a new migration: set service.store.db.HEAD_REVISION to its revision"
     with store.engine.connect() as conn:
         assert conn.execute(text("select version_num from alembic_version")).scalar() == head
         # The migrations and the table definitions describe the same schema (no drift).

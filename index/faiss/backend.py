@@ -31,8 +31,9 @@ from index.backend import (
     PartitionWrite,
     SearchResult,
 )
+from index.faiss import prefetch
 from index.faiss.gpu import Device, GpuReplicator, resolve_device
-from index.faiss.kinds import new_partition, read_snapshot
+from index.faiss.kinds import Snapshot, load_snapshot, new_partition
 from index.faiss.partition import FaissPartition
 from index.rwlock import CollectionLocks
 
@@ -58,6 +59,8 @@ class FaissBackend(IndexBackend):
         self._tags: dict[int, int] = {}
         self._registry_lock = threading.Lock()
         self._rebuilding: set[PartitionKey] = set()
+        self._prefetch = prefetch.claim(self.directory) if self.directory is not None else None
+        self._snapshot_reads = {"read ahead": 0, "read at start-up": 0}
 
     def describe(self) -> str:
         return f"faiss on {self.device}, snapshots in {self.directory or 'memory only'}"
@@ -265,12 +268,17 @@ class FaissBackend(IndexBackend):
         if path is None or not path.exists():
             return None
         try:
-            with open(path, "rb") as fh:
-                part, tag = read_snapshot(fh, dim, metric, spec)
+            snapshot = self._prefetch.take(path) if self._prefetch is not None else None
+            self._snapshot_reads["read at start-up" if snapshot is None else "read ahead"] += 1
+            if snapshot is None:
+                snapshot = self._read_snapshot(path, dim, metric, spec)
+            elif not snapshot.matches(dim, metric, spec):
+                raise ValueError("snapshot was written for a different partition configuration")
         except Exception as exc:  # corrupt or foreign snapshot: the caller rebuilds from the store
             log.warning("ignoring snapshot %s (%s: %s); the partition is rebuilt from the database",
                         path, type(exc).__name__, exc)
             return None
+        part, tag = snapshot.partition, snapshot.tag
         part.auto_rebuild = False
         with self._lock(key.collection).write():
             self._partitions[key] = part
@@ -278,6 +286,19 @@ class FaissBackend(IndexBackend):
         if part.check_rebuild():
             self._start_rebuild(key)
         return tag
+
+
+    @staticmethod
+    def _read_snapshot(path: Path, dim: int, metric: Metric, spec: IndexSpec) -> Snapshot:
+        with open(path, "rb") as fh:
+            return load_snapshot(fh, expect=(dim, metric, spec))
+
+    def startup_done(self) -> None:
+        log.info("snapshots: %d read ahead (while the service started), %d read at start-up",
+                 self._snapshot_reads["read ahead"], self._snapshot_reads["read at start-up"])
+        if self._prefetch is not None:
+            self._prefetch.release()
+            self._prefetch = None
 
 
 def _fsync_dir(directory: Path) -> None:

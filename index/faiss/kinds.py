@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import faiss
@@ -30,17 +31,34 @@ def new_partition(dim: int, metric: Metric, spec: IndexSpec, auto_rebuild: bool 
     return cls(dim, metric, spec, auto_rebuild=auto_rebuild)
 
 
-def read_snapshot(fh: BinaryIO, dim: int, metric: Metric, spec: IndexSpec) -> tuple[FaissPartition, int]:
-    """Load a snapshot; raise ValueError if it was written for another dim/metric/spec.
+@dataclass(frozen=True)
+class Snapshot:
+    """A partition read from a snapshot, with the configuration and tag it was written with."""
 
-    Also reads the earlier layout (the index serialised into an `index.npy` member)."""
+    partition: FaissPartition
+    tag: int
+    dim: int
+    metric: Metric
+    spec: IndexSpec
+
+    def matches(self, dim: int, metric: Metric, spec: IndexSpec) -> bool:
+        return (self.dim, self.metric, self.spec) == (dim, metric, spec)
+
+
+def load_snapshot(fh: BinaryIO, expect: tuple[int, Metric, IndexSpec] | None = None) -> Snapshot:
+    """Load a snapshot with the configuration it names (`expect`: refuse any other one first).
+
+    FAISS parses the index with the GIL released, so a prefetch thread (prefetch.py) reads it
+    while the main thread starts the service. Also reads the earlier layout (the index serialised
+    into an `index.npy` member)."""
     with zipfile.ZipFile(fh) as archive:
         def array(name: str) -> np.ndarray:
             with archive.open(f"{name}.npy") as member:
                 return np.load(member, allow_pickle=False)
 
         meta = json.loads(array("meta").tobytes().decode())
-        if meta["dim"] != dim or meta["metric"] != metric or IndexSpec.from_dict(meta["spec"]) != spec:
+        dim, metric, spec = int(meta["dim"]), meta["metric"], IndexSpec.from_dict(meta["spec"])
+        if expect is not None and (dim, metric, spec) != expect:
             raise ValueError("snapshot was written for a different partition configuration")
         part = new_partition(dim, metric, spec)
         if INDEX_MEMBER in archive.namelist():
@@ -50,4 +68,4 @@ def read_snapshot(fh: BinaryIO, dim: int, metric: Metric, spec: IndexSpec) -> tu
             part.index = faiss.deserialize_index(array("index"))
         part._load_snapshot_arrays({"slot_ids": array("slot_ids").astype(np.int64),
                                     "slot_live": array("slot_live").astype(bool)})
-    return part, int(meta["tag"])
+    return Snapshot(part, int(meta["tag"]), dim, metric, spec)

@@ -21,12 +21,17 @@ def serve(
     port: int | None = typer.Option(None, help="Port (default NOBACKFILL_PORT)."),
 ) -> None:
     """Start the HTTP service (migrates the database and loads indexes on start)."""
-    import uvicorn
-
-    from service.app import create_app
     from service.settings import get_settings
 
     settings = get_settings()
+    if settings.index_backend == "faiss":  # first: the snapshots are read while the rest imports
+        from index.faiss import prefetch
+
+        prefetch.start(settings.index_dir)
+    import uvicorn
+
+    from service.app import create_app
+
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings),

@@ -165,5 +165,6 @@ def load_all(store: Store, backend: IndexBackend, dims: dict[int, tuple[int, str
         if scheduler is not None:
             clean = not (counts["added"] or counts["removed"])
             scheduler.mark_loaded(collection.id, backend.tag(collection.id) if clean else None)
+    backend.startup_done()
     log.info("indexes loaded for %d collections in %.2fs", len(report), time.perf_counter() - started)
     return report
