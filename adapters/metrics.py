@@ -199,51 +199,56 @@ def retrieval_metrics(
     return _ranked_totals(len(q), chunk, rank_chunk, top_k).metrics()
 
 
-def per_query_quality(queries: np.ndarray, gallery: np.ndarray, labels: Sequence | np.ndarray,
-                      *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
-    """(n, 2) array: each query's top-1 hit and AP@R under `retrieval_metrics`' protocol (NaN rows
-    for queries with no relevant item) -- for paired comparisons of two maps on the same queries.
-    Only each ranking's first R items are ordered (`_ranked_head`)."""
+def _head_qualities(queries: np.ndarray, gallery: np.ndarray, n_rel: np.ndarray,
+                    relevant: Callable[[np.ndarray, int, int], np.ndarray], chunk: int) -> np.ndarray:
+    """(n, 2) top-1 hit and AP@R per leave-one-out query, ranking only each query's first R items:
+    `n_rel[i]` is query i's number of relevant items, `relevant(head, start, stop)` flags the
+    ranked head ids of queries start..stop."""
     q, g = normalize(queries), normalize(gallery)
-    codes = _labels_as_codes(labels)
-    if len(q) != len(g) or len(codes) != len(g):
-        raise ValueError("leave-one-out needs the same items as queries and gallery, one label each")
-    n_rel = np.bincount(codes)[codes] - 1  # same label, less the query's own item
-    out = []
-    for start in range(0, len(q), chunk):
-        stop = min(start + chunk, len(q))
-        depth = int(max(1, min(len(g) - 1, n_rel[start:stop].max())))
-        rel = codes[_ranked_head(q[start:stop] @ g.T, start, depth)] == codes[start:stop, None]
-        out.append(_head_quality(rel, n_rel[start:stop]))
-    return np.concatenate(out) if out else np.empty((0, 2))
-
-
-def map_at_r(queries: np.ndarray, gallery: np.ndarray, labels: Sequence | np.ndarray,
-             *, chunk: int = DEFAULT_CHUNK) -> float:
-    """`retrieval_metrics(...).mAP_at_R` (leave-one-out) at the cost of ranking heads only."""
-    quality = per_query_quality(queries, gallery, labels, chunk=chunk)[:, 1]
-    if np.isnan(quality).all():
-        raise ValueError("no query has a relevant item in the gallery")
-    return float(np.nanmean(quality))
-
-
-def neighbour_map_at_r(queries: np.ndarray, gallery: np.ndarray, neighbours: np.ndarray,
-                       *, chunk: int = DEFAULT_CHUNK) -> float:
-    """`neighbour_metrics(...).mAP_at_R` at the cost of ranking heads only (at most k items deep)."""
-    q, g = normalize(queries), normalize(gallery)
-    n_rel = (neighbours >= 0).sum(axis=1)
     out = []
     for start in range(0, len(q), chunk):
         stop = min(start + chunk, len(q))
         depth = int(max(1, min(len(g) - 1, n_rel[start:stop].max())))
         head = _ranked_head(q[start:stop] @ g.T, start, depth)
-        nb = neighbours[start:stop]
-        rel = ((head[:, :, None] == nb[:, None, :]) & (nb[:, None, :] >= 0)).any(axis=2)
-        out.append(_head_quality(rel, n_rel[start:stop]))
-    quality = np.concatenate(out)[:, 1]
-    if np.isnan(quality).all():
+        out.append(_head_quality(relevant(head, start, stop), n_rel[start:stop]))
+    return np.concatenate(out) if out else np.empty((0, 2))
+
+
+def _mean_ap_at_r(quality: np.ndarray) -> float:
+    """mAP@R over the queries that have a relevant item (as `retrieval_metrics` counts them)."""
+    if np.isnan(quality[:, 1]).all():
         raise ValueError("no query has a relevant item in the gallery")
-    return float(np.nanmean(quality))
+    return float(np.nanmean(quality[:, 1]))
+
+
+def per_query_quality(queries: np.ndarray, gallery: np.ndarray, labels: Sequence | np.ndarray,
+                      *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """(n, 2) array: each query's top-1 hit and AP@R under `retrieval_metrics`' protocol (NaN rows
+    for queries with no relevant item) -- for paired comparisons of two maps on the same queries.
+    Only each ranking's first R items are ordered (`_ranked_head`)."""
+    codes = _labels_as_codes(labels)
+    if len(queries) != len(gallery) or len(codes) != len(gallery):
+        raise ValueError("leave-one-out needs the same items as queries and gallery, one label each")
+    n_rel = np.bincount(codes)[codes] - 1  # same label, less the query's own item
+    return _head_qualities(queries, gallery, n_rel,
+                           lambda head, start, stop: codes[head] == codes[start:stop, None], chunk)
+
+
+def map_at_r(queries: np.ndarray, gallery: np.ndarray, labels: Sequence | np.ndarray,
+             *, chunk: int = DEFAULT_CHUNK) -> float:
+    """`retrieval_metrics(...).mAP_at_R` (leave-one-out) at the cost of ranking heads only."""
+    return _mean_ap_at_r(per_query_quality(queries, gallery, labels, chunk=chunk))
+
+
+def neighbour_map_at_r(queries: np.ndarray, gallery: np.ndarray, neighbours: np.ndarray,
+                       *, chunk: int = DEFAULT_CHUNK) -> float:
+    """`neighbour_metrics(...).mAP_at_R` at the cost of ranking heads only (at most k items deep)."""
+
+    def relevant(head: np.ndarray, start: int, stop: int) -> np.ndarray:
+        nb = neighbours[start:stop]
+        return ((head[:, :, None] == nb[:, None, :]) & (nb[:, None, :] >= 0)).any(axis=2)
+
+    return _mean_ap_at_r(_head_qualities(queries, gallery, (neighbours >= 0).sum(axis=1), relevant, chunk))
 
 
 def pairing_metrics(queries: np.ndarray, gallery: np.ndarray, *, chunk: int = DEFAULT_CHUNK) -> PairingMetrics:

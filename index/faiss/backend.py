@@ -287,7 +287,6 @@ class FaissBackend(IndexBackend):
             self._start_rebuild(key)
         return tag
 
-
     @staticmethod
     def _read_snapshot(path: Path, dim: int, metric: Metric, spec: IndexSpec) -> Snapshot:
         with open(path, "rb") as fh:

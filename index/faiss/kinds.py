@@ -33,16 +33,14 @@ def new_partition(dim: int, metric: Metric, spec: IndexSpec, auto_rebuild: bool 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A partition read from a snapshot, with the configuration and tag it was written with."""
+    """A partition read from a snapshot (built with the configuration the snapshot names), and its tag."""
 
     partition: FaissPartition
     tag: int
-    dim: int
-    metric: Metric
-    spec: IndexSpec
 
     def matches(self, dim: int, metric: Metric, spec: IndexSpec) -> bool:
-        return (self.dim, self.metric, self.spec) == (dim, metric, spec)
+        part = self.partition
+        return (part.dim, part.metric, part.spec) == (dim, metric, spec)
 
 
 def load_snapshot(fh: BinaryIO, expect: tuple[int, Metric, IndexSpec] | None = None) -> Snapshot:
@@ -68,4 +66,4 @@ def load_snapshot(fh: BinaryIO, expect: tuple[int, Metric, IndexSpec] | None = N
             part.index = faiss.deserialize_index(array("index"))
         part._load_snapshot_arrays({"slot_ids": array("slot_ids").astype(np.int64),
                                     "slot_live": array("slot_live").astype(bool)})
-    return Snapshot(part, int(meta["tag"]), dim, metric, spec)
+    return Snapshot(part, int(meta["tag"]))
