@@ -5,11 +5,14 @@ restart and memory columns. Training loads torch on demand, in the process that 
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nobackfill.client import Client
+from service.cli.main import _start_up_without_collections
 from tests.test_durability import ServerProcess
 
 
@@ -57,3 +60,17 @@ def test_a_restarted_service_serves_an_upgraded_gallery_without_torch(tmp_path) 
         assert not loads_torch(server.proc.pid), "serving an upgrade with a matrix map imported torch"
     finally:
         server.stop()
+
+
+def test_start_up_runs_without_collections_and_collects_again_after_it() -> None:
+    """`serve` imports and builds the app with the cyclic collector off (a sixth of the start-up
+    went to collections that found nothing), then freezes what it built and turns it back on,
+    failure or not: a service left without a collector would leak every reference cycle."""
+    frozen_before = gc.get_freeze_count()
+    with pytest.raises(RuntimeError), _start_up_without_collections():
+        assert not gc.isenabled()
+        kept = [object() for _ in range(10)]
+        raise RuntimeError("start-up failed")
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= frozen_before + len(kept)
+    gc.unfreeze()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -15,26 +18,43 @@ def main() -> None:
     """nobackfill command line."""
 
 
+@contextmanager
+def _start_up_without_collections() -> Iterator[None]:
+    """Start-up (imports, app, routes, ORM mappers) allocates a few hundred thousand objects and frees
+    almost none, yet each allocation burst triggers collections that scan everything allocated so
+    far: about a sixth of the start-up time for nothing. Collect nothing while starting, then freeze
+    the survivors (long-lived; later collections need not scan them again) and collect as usual."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 @app.command()
 def serve(
     host: str | None = typer.Option(None, help="Bind address (default NOBACKFILL_HOST)."),
     port: int | None = typer.Option(None, help="Port (default NOBACKFILL_PORT)."),
 ) -> None:
     """Start the HTTP service (migrates the database and loads indexes on start)."""
-    from service.settings import get_settings
+    with _start_up_without_collections():
+        from service.settings import get_settings
 
-    settings = get_settings()
-    if settings.index_backend == "faiss":  # first: the snapshots are read while the rest imports
-        from index.faiss import prefetch
+        settings = get_settings()
+        if settings.index_backend == "faiss":  # first: the snapshots are read while the rest imports
+            from index.faiss import prefetch
 
-        prefetch.start(settings.index_dir)
-    import uvicorn
+            prefetch.start(settings.index_dir)
+        import uvicorn
 
-    from service.app import create_app
+        from service.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        application = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        application,
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level,

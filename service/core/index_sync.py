@@ -7,9 +7,12 @@ crash after the last snapshot, a deleted or corrupt snapshot file):
 - ids in the index but no longer in this partition in the database -> removed;
 - ids in the database but not in the index -> added;
 - ids written after the partition's tag (replaced vectors) -> removed and re-added.
-When the snapshot is current this costs one id scan per partition. A durable backend (Milvus)
-whose collection tag equals the store's counter skips even that: every write up to it was
-applied (the tag is written after the data), so a restart reads no ids at all.
+A partition whose tag equals the store's counter skips even the id scan: every write up to it was
+applied (the tag is set after the data, under the partition's write lock, and one process writes
+in counter order), so a restart reads no ids at all. That holds for a durable backend (Milvus) and
+for a FAISS snapshot whose vector count also equals the store's count for the partition (a cheap
+guard against a snapshot beside a database it was not written from); anything else costs one id
+scan per partition (at 1M items 0.6 s of a restart).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def reconcile_collection(
     cid = collection.id
     current = store.get_collection(collection.name)
     spec = IndexSpec.from_dict(collection.index_spec)
-    stored_models = set(store.item_counts(collection.id)) | set(store.kept_counts(collection.id))
+    current_counts, kept_counts = store.item_counts(collection.id), store.kept_counts(collection.id)
+    stored_models = set(current_counts) | set(kept_counts)
     indexed_models = {k.model for k in backend.partitions(cid)}
     added = removed = 0
     restored_tags: list[int | None] = []
@@ -57,7 +61,8 @@ def reconcile_collection(
             restored_tags.append(seen_tag)
         if since is not None:
             seen_tag = since if seen_tag is None else min(seen_tag, since)
-        elif backend.durable and seen_tag == current.seq:
+        elif seen_tag == current.seq and (backend.durable or backend.count(key) == (
+                current_counts.get(model_id, 0) + kept_counts.get(model_id, 0))):
             continue
         want = store.partition_ids(collection.id, model_id)
         have = backend.live_ids(key)

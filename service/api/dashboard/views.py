@@ -10,12 +10,13 @@ and anonymous visitors get a read-only view unless reads require a key (then: th
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
 from service.api import deps
 from service.api.auth import (
@@ -36,10 +37,22 @@ from service.core.upgrades import SERVABLE_METHODS
 from service.settings import Settings
 from service.store import Store
 
+if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
+
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.globals.update(svg=svg)
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+
+@cache
+def _templates() -> Jinja2Templates:
+    """The page templates, built on the first dashboard request: Jinja2 is a twentieth of the
+    service's start-up, and queries (what a restart waits on) never render a page."""
+    from fastapi.templating import Jinja2Templates
+
+    templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.globals.update(svg=svg)
+    return templates
 
 
 def _role(request: Request, settings: Settings, store: Store) -> str | None:
@@ -53,7 +66,7 @@ def _page(request: Request, settings: Settings, store: Store, template: str, **c
     if role is None and settings.read_requires_key:
         return RedirectResponse("/dashboard/login", status_code=303)
     context.update(role=role, is_admin=role == ADMIN, keys_configured=bool(settings.api_key))
-    return templates.TemplateResponse(request, template, context)
+    return _templates().TemplateResponse(request, template, context)
 
 
 def _foreign_origin(request: Request, settings: Settings) -> str | None:
@@ -76,11 +89,12 @@ def _foreign_origin(request: Request, settings: Settings) -> str | None:
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, settings: deps.SettingsDep, store: deps.StoreDep,
                error: str | None = None) -> Response:
-    return templates.TemplateResponse(request, "login.html", {"error": error, "role": _role(request, settings, store)})
+    return _templates().TemplateResponse(request, "login.html",
+                                         {"error": error, "role": _role(request, settings, store)})
 
 
 def _login_refused(request: Request, message: str, status_code: int, headers: dict | None = None) -> Response:
-    return templates.TemplateResponse(request, "login.html", {"error": message, "role": None},
+    return _templates().TemplateResponse(request, "login.html", {"error": message, "role": None},
                                       status_code=status_code, headers=headers)
 
 

@@ -1,0 +1,77 @@
+"""Start-up repair of FAISS partitions from snapshots (service/core/index_sync.py), on a real store
+and real FAISS: a current snapshot is trusted without reading ids; anything else is scanned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import delete
+
+from index import IndexSpec, PartitionKey, create_backend
+from service.core.catalog import Catalog
+from service.core.gallery import Gallery
+from service.core.index_sync import SnapshotScheduler, load_all
+from service.core.transform_graph import TransformGraph
+from service.store import Store
+from service.store.db import make_engine, migrate
+from service.store.tables import Item
+
+
+@pytest.fixture
+def written(database_url: str, tmp_path):
+    """A collection of 40 items in v1, 10 of them re-embedded in v2 (kept v1 vectors), snapshotted."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    catalog = Catalog(store, max_dim=4096)
+    gallery = Gallery(store, catalog, create_backend("faiss", directory=tmp_path / "idx"),
+                      TransformGraph(store, tmp_path))
+    gallery.ready.set()
+    v1 = catalog.create_model("v1", 8, "cosine", None, None)
+    v2 = catalog.create_model("v2", 6, "cosine", "v1", None)
+    coll = catalog.create_collection("g", "v1", IndexSpec())
+    rng = np.random.default_rng(0)
+    keys = [f"k{i}" for i in range(40)]
+    old = rng.normal(size=(40, 8)).astype(np.float32)
+    gallery.upsert(coll, v1, keys, old, [None] * 40)
+    gallery.upsert(coll, v2, keys[:10], rng.normal(size=(10, 6)).astype(np.float32), [None] * 10)
+    assert SnapshotScheduler(gallery.backend, 1, 60).snapshot_due(threshold=1) == 2
+    yield store, catalog, catalog.collection("g"), (v1, v2), old, tmp_path / "idx"
+    engine.dispose()
+
+
+def _restart(store: Store, catalog: Catalog, directory):
+    backend = create_backend("faiss", directory=directory)
+    gallery = Gallery(store, catalog, backend, TransformGraph(store, directory.parent))
+    return backend, load_all(store, backend, gallery.model_dims())
+
+
+def test_a_current_snapshot_is_restored_without_reading_ids(written, monkeypatch) -> None:
+    store, catalog, coll, (v1, v2), old, directory = written
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("a current snapshot should not need an id scan")
+
+    rows = store.partition_ids(coll.id, v1.id)  # k0..k39's row ids, in insertion order
+    monkeypatch.setattr(store, "partition_ids", no_scan)
+    backend, report = _restart(store, catalog, directory)
+    assert report == {"g": {"added": 0, "removed": 0}}
+    assert backend.count(PartitionKey(coll.id, v1.id)) == 40 and backend.count(PartitionKey(coll.id, v2.id)) == 10
+    hit = backend.search(coll.id, {v1.id: old[7:8]}, 1)[v1.id]
+    assert hit.ids[0, 0] == rows[7] and hit.scores[0, 0] == pytest.approx(1.0, abs=1e-5)  # k7's kept vector
+
+
+def test_a_current_tag_beside_other_rows_is_scanned_and_repaired(written, monkeypatch) -> None:
+    """The tag alone is not trusted: rows removed behind the service's back (a database the snapshot
+    was not written from, with the same change counter) change the count, and the scan repairs."""
+    store, catalog, coll, (v1, v2), old, directory = written
+    with store.engine.begin() as conn:
+        conn.execute(delete(Item).where(Item.key.in_(["k20", "k21"])))  # two v1-only items; seq unchanged
+    assert store.get_collection("g").seq == coll.seq
+    scans = []
+    real = store.partition_ids
+    monkeypatch.setattr(store, "partition_ids", lambda *a, **kw: scans.append(a) or real(*a, **kw))
+    backend, report = _restart(store, catalog, directory)
+    assert report == {"g": {"added": 0, "removed": 2}}
+    assert {a[1] for a in scans} == {v1.id}, "only the partition whose count differs is scanned"
+    assert backend.count(PartitionKey(coll.id, v1.id)) == 38
