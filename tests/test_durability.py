@@ -117,9 +117,10 @@ def assert_all_findable(client: httpx.Client, collection: str, model: str, ids: 
                         json={"model": model, "vectors_b64": b64(vectors_for(chunk)), "k": 1,
                               "include_payload": False})
         assert r.status_code == 200, r.text
-        top = [res["hits"][0]["id"] for res in r.json()["results"]]
-        missing = [i for i, t in zip(chunk, top, strict=True) if t != i]
-        assert not missing, f"{len(missing)} acknowledged items not found by query, e.g. {missing[:5]}"
+        top = [res["hits"][0] for res in r.json()["results"]]
+        missing = [(i, t["id"], round(t["score"], 6)) for i, t in zip(chunk, top, strict=True) if t["id"] != i]
+        assert not missing, (f"{len(missing)} acknowledged items not found by query, e.g. {missing[:5]} "
+                             "(id, the top hit instead, its score)")
 
 
 def test_restart_keeps_everything(servers, database_url: str, tmp_path: Path) -> None:
@@ -183,12 +184,16 @@ def test_kill_9_during_upsert_stream_loses_no_acknowledged_write(servers, databa
         t.join()
     assert len(acked) > 10, "the stream should have acknowledged several batches before the kill"
 
-    server = servers(data, database_url, **index_env).start()
+    server = servers(data, database_url, NOBACKFILL_LOG_LEVEL="info", **index_env).start()  # repair counts
     with httpx.Client(base_url=server.url, timeout=30) as c:
         acked_ids = sorted({i for batch in acked for i in batch})
         for i in acked_ids[:: max(1, len(acked_ids) // 50)]:
             assert c.get(f"/v1/collections/g/items/{i}").status_code == 200, i
-        assert_all_findable(c, "g", "v1", acked_ids)
+        try:
+            assert_all_findable(c, "g", "v1", acked_ids)
+        except AssertionError as exc:  # what start-up read and repaired says where to look
+            raise AssertionError(f"{exc}\n{len(acked)} batches acknowledged; restarted server's log:\n"
+                                 f"{server.log_tail()}") from None
         stored = c.get("/v1/collections/g").json()["items"]
         # no half-applied batch: every attempted batch is wholly present or (new ids) wholly absent
         for batch in attempted:
