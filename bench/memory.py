@@ -3,9 +3,10 @@
     python -m bench.memory              # 100k x 384 HNSW, bench.peers' workload and parameters
     python -m bench.memory --n 20000    # a quick look
 
-For each configuration (defaults; the hit cache off) it starts `nobackfill serve` on a fresh data
-directory and reads the process's resident set: empty; after ingesting n vectors through the
-client (batches of 5,000, waiting until searchable); after 1,000 queries; then after a clean
+For each configuration (defaults; the hit cache off; the heap trimmer off) it starts `nobackfill
+serve` on a fresh data directory and reads the process's resident set: empty; after ingesting n
+vectors through the client (batches of 5,000, waiting until searchable, then until the process is
+quiet, as bench.peers measures); after 1,000 queries; then after a clean
 restart (the index read back from its snapshot at its exact size) and 1,000 queries again. The
 snapshot's size stands for the index itself. Prints the breakdown, writes JSON
 (bench/results/memory.json).
@@ -21,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import LeanClient, Service, b64
-from bench.peers import K, NobackfillSystem
+from bench.peers import K, NobackfillSystem, wait_quiet
 from bench.serving import gallery_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"defaults": {}, "hit cache off": {"NOBACKFILL_HIT_CACHE_ITEMS": "0"}}
+CONFIGS = {"defaults": {}, "hit cache off": {"NOBACKFILL_HIT_CACHE_ITEMS": "0"},
+           "heap trim off": {"NOBACKFILL_HEAP_TRIM_IDLE_SECONDS": "0"}}
 QUERIES = 1_000
 
 
@@ -44,6 +46,7 @@ def measure(data_dir: Path, x: np.ndarray, env: dict[str, str]) -> dict[str, int
     row = {"empty": system.service.rss_bytes()}
     system.setup(x.shape[1])
     system.ingest(x)
+    wait_quiet([system.service.proc.pid])
     row["after_ingest"] = system.service.rss_bytes()
     _query(system.service.url, x[:QUERIES])
     row["after_queries"] = system.service.rss_bytes()
@@ -67,6 +70,8 @@ def breakdown(rows: dict[str, dict[str, int]], n: int) -> list[tuple[str, float,
         "hit cache records": on["after_ingest"] - off["after_ingest"],
     }
     parts["growth slack after ingest (gone on restart)"] = on["after_ingest"] - sum(parts.values())
+    # not a part of the sum: what the trimmer gave back (it would otherwise be in the slack)
+    parts["returned to the OS by the heap trimmer"] = rows["heap trim off"]["after_ingest"] - on["after_ingest"]
     return [(name, b / 1e6, b / n if name != "empty process" else float("nan")) for name, b in parts.items()]
 
 

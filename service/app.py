@@ -31,6 +31,7 @@ from service.core.backfill import Backfill
 from service.core.catalog import Catalog
 from service.core.compat_matrix import CompatibilityMatrix
 from service.core.gallery import Gallery
+from service.core.heap_trim import HeapTrimmer
 from service.core.index_sync import SnapshotScheduler, load_all
 from service.core.jobs import JobRunner
 from service.core.transform_graph import TransformGraph
@@ -70,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gallery = Gallery(store, catalog, backend, transforms, settings.hit_cache_items, settings.inline_search_work,
                           follow_other_writers=backend.durable, follow_seconds=settings.milvus_refresh_seconds,
                           journal_writes=backend.durable)
+        trimmer = HeapTrimmer(settings.heap_trim_idle_seconds)
+        gallery.on_write = trimmer.wrote
         upgrades = Upgrades(store, catalog, settings, on_activation=transforms.reload)
         upgrades.discard_partial_files()
         runner = JobRunner(store, {TRAIN_JOB: upgrades.run_training}, stale_seconds=settings.job_stale_seconds)
@@ -100,10 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         loader = threading.Thread(target=load, name="nobackfill-index-load", daemon=True)
         loader.start()
+        trimmer.start()
         try:
             yield
         finally:
             loader.join(timeout=60)
+            trimmer.stop()
             runner.stop()
             transforms.stop()
             if gallery.ready.is_set() and not backend.durable:

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     snapshot_every_changes: int = Field(
         50_000, ge=1, description="Write an index snapshot after this many changes to a collection."
     )
+    heap_trim_idle_seconds: float = Field(
+        1.0, ge=0, description="Return freed heap memory to the OS (glibc malloc_trim) once writes have paused "
+        "this long (0 = never): an ingest otherwise leaves ~60 MB per 100k x 384 vectors in the allocator."
+    )
     snapshot_interval_seconds: float = Field(
         30.0, gt=0, description="How often the snapshot thread checks whether a snapshot is due."
     )

@@ -92,6 +92,7 @@ class Gallery:
         self._write_locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.inline_search_work = inline_search_work
+        self.on_write: Callable[[], None] | None = None  # after every index write (heap_trim.py)
 
     def write_lock(self, collection_id: int) -> threading.Lock:
         with self._locks_guard:
@@ -228,6 +229,9 @@ class Gallery:
                               collection.name)
                 raise IndexBehind(f"the index of collection {collection.name!r} is unavailable; the write was "
                                   "stored but is not searchable yet: retry it") from exc
+        finally:
+            if self.on_write is not None:
+                self.on_write()
 
     _FOLLOW_LIMIT = 10_000  # more changed items than this since the last look: drop the collection's records
 
