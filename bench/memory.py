@@ -61,7 +61,8 @@ def measure(data_dir: Path, x: np.ndarray, env: dict[str, str]) -> dict[str, int
 
 
 def breakdown(rows: dict[str, dict[str, int]], n: int) -> list[tuple[str, float, float]]:
-    """(part, MB, bytes per vector) after ingest with defaults, from the two configurations."""
+    """(part, MB, bytes per vector) after ingest with defaults; the other configurations give the
+    hit cache's share and what the heap trimmer returned."""
     on, off = rows["defaults"], rows["hit cache off"]
     parts = {
         "empty process": on["empty"],

@@ -21,8 +21,8 @@ from service.store.tables import Item
 
 
 @pytest.fixture
-def written(database_url: str, tmp_path):
-    """A collection of 40 items in v1, 10 of them re-embedded in v2 (kept v1 vectors), snapshotted."""
+def service(database_url: str, tmp_path):
+    """(store, catalog, gallery) on a fresh database, with FAISS snapshots under tmp_path/idx."""
     engine = make_engine(database_url)
     migrate(engine)
     store = Store(engine)
@@ -30,6 +30,14 @@ def written(database_url: str, tmp_path):
     gallery = Gallery(store, catalog, create_backend("faiss", directory=tmp_path / "idx"),
                       TransformGraph(store, tmp_path))
     gallery.ready.set()
+    yield store, catalog, gallery
+    engine.dispose()
+
+
+@pytest.fixture
+def written(service, tmp_path):
+    """A collection of 40 items in v1, 10 of them re-embedded in v2 (kept v1 vectors), snapshotted."""
+    store, catalog, gallery = service
     v1 = catalog.create_model("v1", 8, "cosine", None, None)
     v2 = catalog.create_model("v2", 6, "cosine", "v1", None)
     coll = catalog.create_collection("g", "v1", IndexSpec())
@@ -39,8 +47,7 @@ def written(database_url: str, tmp_path):
     gallery.upsert(coll, v1, keys, old, [None] * 40)
     gallery.upsert(coll, v2, keys[:10], rng.normal(size=(10, 6)).astype(np.float32), [None] * 10)
     assert SnapshotScheduler(gallery.backend, 1, 60).snapshot_due(threshold=1) == 2
-    yield store, catalog, catalog.collection("g"), (v1, v2), old, tmp_path / "idx", gallery
-    engine.dispose()
+    return store, catalog, catalog.collection("g"), (v1, v2), old, tmp_path / "idx", gallery
 
 
 def _restart(store: Store, catalog: Catalog, directory):
@@ -93,17 +100,11 @@ def test_a_snapshot_behind_the_counter_is_scanned_even_when_its_count_matches(wr
     assert backend.search(coll.id, {v1.id: new}, 1)[v1.id].ids[:, 0].tolist() == rows[20:25].tolist()
 
 
-def test_snapshots_taken_while_two_writers_stream_restore_every_written_item(database_url: str, tmp_path) -> None:
+def test_snapshots_taken_while_two_writers_stream_restore_every_written_item(service, tmp_path) -> None:
     """Snapshots every 0.1 s while two writers stream batches (every third one rewriting ten items
     of the latest batch), then a restart from whatever snapshot is newest -- no final snapshot, as
     after a kill: each written item is its own top hit, whether start-up scanned or trusted the tag."""
-    engine = make_engine(database_url)
-    migrate(engine)
-    store = Store(engine)
-    catalog = Catalog(store, max_dim=4096)
-    gallery = Gallery(store, catalog, create_backend("faiss", directory=tmp_path / "idx"),
-                      TransformGraph(store, tmp_path))
-    gallery.ready.set()
+    store, catalog, gallery = service
     v1 = catalog.create_model("v1", 16, "cosine", None, None)
     catalog.create_collection("g", "v1", IndexSpec(kind="hnsw"))
     scheduler = SnapshotScheduler(gallery.backend, every_changes=100, interval_s=0.1)
@@ -145,4 +146,3 @@ def test_snapshots_taken_while_two_writers_stream_restore_every_written_item(dat
     with store.engine.connect() as conn:
         key_of = dict(conn.execute(select(Item.id, Item.key)).all())
     assert [key_of.get(int(row)) for row in found] == keys
-    engine.dispose()

@@ -37,10 +37,8 @@ class HeapTrimmer:
         self.idle_seconds = idle_seconds
         self._trim = trim if trim is not None else _malloc_trim()
         self._last_write: float | None = None  # monotonic time of the latest write not yet trimmed after
-        self._guard = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.trims = 0
 
     @property
     def enabled(self) -> bool:
@@ -66,17 +64,15 @@ class HeapTrimmer:
             self.trim_if_idle()
 
     def trim_if_idle(self) -> bool:
-        """Trim when a write happened and none for `idle_seconds`; whether it trimmed."""
-        with self._guard:
-            last = self._last_write
-            if last is None or time.monotonic() - last < self.idle_seconds or self._trim is None:
-                return False
-            if self._last_write == last:  # no write raced the check
-                self._last_write = None
+        """Trim when a write happened and none for `idle_seconds`; whether it trimmed. (One caller,
+        the trimmer's thread; a write racing the reset below only makes this trim its own.)"""
+        last = self._last_write
+        if self._trim is None or last is None or time.monotonic() - last < self.idle_seconds:
+            return False
+        self._last_write = None
         try:
             self._trim()
-        except Exception:  # never let housekeeping take the service down
+        except Exception:  # housekeeping must not take the service down; logged, not hidden
             log.exception("malloc_trim failed")
             return False
-        self.trims += 1
         return True
