@@ -4,6 +4,9 @@ async), typed errors carrying the service's field, and what is retried (a mock t
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -158,3 +161,88 @@ def test_backoff_doubles_and_is_capped() -> None:
     delays = [policy.delay(a) for a in range(1, 7)]
     assert 0.1 <= delays[0] <= 0.3 and 0.2 <= delays[1] <= 0.6 and max(delays) <= 1.0
     assert policy.delay(1, retry_after=30) == 1.0
+
+
+# ---- bulk upserts: batches in flight, order, failures (scripted transports) ----------------------------
+class BulkServer:
+    """Answers upsert batches after `delay` seconds, recording the order and how many overlapped;
+    the batch whose first id is `fail_at` gets a 400."""
+
+    def __init__(self, delay: float = 0.05, fail_at: str | None = None) -> None:
+        self.delay, self.fail_at = delay, fail_at
+        self.order: list[str] = []
+        self.in_flight = self.most_in_flight = 0
+        self._lock = threading.Lock()
+
+    def _enter(self, request: httpx.Request) -> str:
+        first = json.loads(request.read())["items"][0]["id"]
+        with self._lock:
+            self.order.append(first)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        return first
+
+    def _leave(self, first: str) -> httpx.Response:
+        with self._lock:
+            self.in_flight -= 1
+        if first == self.fail_at:
+            return httpx.Response(400, json={"error": "invalid", "detail": "bad batch", "field": "items"})
+        return httpx.Response(200, json={"received": 10, "created": 10, "updated": 0, "kept": 0})
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        first = self._enter(request)
+        time.sleep(self.delay)
+        return self._leave(first)
+
+    async def handle_async(self, request: httpx.Request) -> httpx.Response:
+        first = self._enter(request)
+        await asyncio.sleep(self.delay)
+        return self._leave(first)
+
+
+def bulk(server: BulkServer, ids: list[str], concurrency: int, use_async: bool) -> dict:
+    vectors = np.zeros((len(ids), 4), dtype=np.float32)
+    if not use_async:
+        with Client("http://test", retry=NO_RETRY, transport=httpx.MockTransport(server.handle)) as nb:
+            return nb.upsert_many("g", "m", ids, vectors, batch_size=10, concurrency=concurrency)
+
+    async def run() -> dict:
+        async with AsyncClient("http://test", retry=NO_RETRY,
+                               transport=httpx.MockTransport(server.handle_async)) as nb:
+            return await nb.upsert_many("g", "m", ids, vectors, batch_size=10, concurrency=concurrency)
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_bulk_upsert_keeps_batches_in_flight_and_sums_every_answer(use_async: bool) -> None:
+    server = BulkServer()
+    totals = bulk(server, [f"i{n}" for n in range(80)], concurrency=2, use_async=use_async)
+    assert totals == {"received": 80, "created": 80, "updated": 0, "kept": 0}
+    assert sorted(server.order) == sorted(f"i{n}" for n in range(0, 80, 10))
+    assert server.most_in_flight == 2  # the next batch was sent while one was being stored
+    one_at_a_time = BulkServer()
+    bulk(one_at_a_time, [f"i{n}" for n in range(40)], concurrency=1, use_async=use_async)
+    assert one_at_a_time.most_in_flight == 1
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_bulk_upsert_with_an_id_in_two_batches_sends_them_in_order(use_async: bool) -> None:
+    server = BulkServer()
+    ids = [f"i{n}" for n in range(50)] + ["i3"] + [f"j{n}" for n in range(9)]  # i3 again in the last batch
+    bulk(server, ids, concurrency=4, use_async=use_async)
+    assert server.most_in_flight == 1
+    assert server.order == ["i0", "i10", "i20", "i30", "i40", "i3"]  # the last write of i3 lands last
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_bulk_upsert_sends_no_batch_after_a_failure(use_async: bool) -> None:
+    server = BulkServer(fail_at="i10")
+    with pytest.raises(InvalidRequest) as bad:
+        bulk(server, [f"i{n}" for n in range(100)], concurrency=2, use_async=use_async)
+    assert bad.value.field == "items"
+    assert "i0" in server.order and "i10" in server.order
+    assert len(server.order) <= 3  # the failed batch, the one before it and at most one in flight after it
+    assert server.in_flight == 0  # nothing left running when the error is raised
+    with pytest.raises(ValueError, match="concurrency"):
+        bulk(BulkServer(), ["a"], concurrency=0, use_async=use_async)

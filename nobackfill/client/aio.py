@@ -10,7 +10,7 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from nobackfill.client.batches import batch_bounds, progress_bar, summed
+from nobackfill.client.batches import batch_bounds, in_flight, progress_bar, summed
 from nobackfill.client.calls import TERMINAL_JOB_STATES, Call, Endpoints
 from nobackfill.client.retry import RETRY_STATUSES, RetryPolicy, retry_after_seconds
 from nobackfill.client.sync import _headers, read_response
@@ -56,19 +56,33 @@ class AsyncClient(Endpoints):
                           payloads: Sequence[Mapping[str, Any] | None] | None = None, batch_size: int = 1_000,
                           previous_vectors: Literal["keep", "drop"] = "keep", progress: bool = False,
                           concurrency: int = 2) -> dict[str, int]:
-        gate = asyncio.Semaphore(max(1, concurrency))
+        """As `Client.upsert_many`: up to `concurrency` batches in flight (one at a time, in order,
+        when an id appears in two batches)."""
+        gate = asyncio.Semaphore(in_flight(ids, concurrency))
+        failed = False
         with progress_bar(progress, len(ids), f"upsert into {collection}") as advance:
 
-            async def one(lo: int, hi: int) -> dict[str, Any]:
+            async def one(lo: int, hi: int) -> dict[str, Any] | None:
+                nonlocal failed
                 async with gate:
+                    if failed:  # no further batch after a failure
+                        return None
                     chunk = None if payloads is None else payloads[lo:hi]
-                    answer = await self._send(self.upsert_call(collection, model, ids[lo:hi], vectors[lo:hi], chunk,
-                                                               previous_vectors))
+                    try:
+                        answer = await self._send(self.upsert_call(collection, model, ids[lo:hi], vectors[lo:hi],
+                                                                   chunk, previous_vectors))
+                    except BaseException:
+                        failed = True
+                        raise
                     advance(hi - lo)
                     return answer
 
-            answers = await asyncio.gather(*(one(lo, hi) for lo, hi in batch_bounds(len(ids), batch_size)))
-        return summed(answers)
+            results = await asyncio.gather(*(one(lo, hi) for lo, hi in batch_bounds(len(ids), batch_size)),
+                                           return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return summed([result for result in results if result is not None])
 
     async def wait_for_job(self, job_id: int, timeout: float = 3_600, interval: float = 0.2,
                            progress: bool = False) -> dict[str, Any]:

@@ -16,6 +16,16 @@ def batch_bounds(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
         yield lo, min(lo + batch_size, n)
 
 
+def in_flight(ids: Sequence[str], concurrency: int) -> int:
+    """How many batches of one bulk call may be in flight at once.
+
+    Batches sent together can land in either order, so an id that appears in two batches would
+    end with whichever landed last: such a call is sent one batch at a time, in order."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    return concurrency if len(set(ids)) == len(ids) else 1
+
+
 @contextmanager
 def progress_bar(show: bool, total: float, label: str) -> Iterator[Callable[..., None]]:
     """Yields `advance(amount, absolute=False)`; draws a rich bar on stderr when `show`."""

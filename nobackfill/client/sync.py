@@ -4,13 +4,15 @@ with a progress bar and `wait_for_job`."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 
 import httpx
 import numpy as np
 
-from nobackfill.client.batches import batch_bounds, progress_bar, summed
+from nobackfill.client.batches import batch_bounds, in_flight, progress_bar, summed
 from nobackfill.client.calls import TERMINAL_JOB_STATES, Call, Endpoints
 from nobackfill.client.errors import error_for
 from nobackfill.client.retry import RETRY_STATUSES, RetryPolicy, retry_after_seconds
@@ -68,16 +70,37 @@ class Client(Endpoints):
 
     def upsert_many(self, collection: str, model: str, ids: Sequence[str], vectors: np.ndarray,
                     payloads: Sequence[Mapping[str, Any] | None] | None = None, batch_size: int = 1_000,
-                    previous_vectors: Literal["keep", "drop"] = "keep", progress: bool = False) -> dict[str, int]:
-        """Upsert any number of items in batches (each batch is durable when acknowledged; a failure
-        raises after the batches before it are stored). Totals of created / updated / kept."""
-        answers = []
-        with progress_bar(progress, len(ids), f"upsert into {collection}") as advance:
-            for lo, hi in batch_bounds(len(ids), batch_size):
+                    previous_vectors: Literal["keep", "drop"] = "keep", progress: bool = False,
+                    concurrency: int = 2) -> dict[str, int]:
+        """Upsert any number of items in batches; totals of created / updated / kept.
+
+        Up to `concurrency` batches are in flight at once, so the client prepares and sends the
+        next batch while the service stores the last one (one at a time, in order, when an id
+        appears in two batches). Each batch is all-or-nothing and durable once acknowledged. On a
+        failure no further batch is sent; the batches before it are stored, and the up to
+        `concurrency - 1` already in flight after it may be; the first failure is raised."""
+        workers = in_flight(ids, concurrency)
+        answers: list[dict[str, Any]] = []
+        with progress_bar(progress, len(ids), f"upsert into {collection}") as advance, \
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nobackfill-upsert") as pool:
+
+            def one(lo: int, hi: int) -> dict[str, Any]:
                 chunk = None if payloads is None else payloads[lo:hi]
-                answers.append(self._send(self.upsert_call(collection, model, ids[lo:hi], vectors[lo:hi], chunk,
-                                                           previous_vectors)))
+                answer = self._send(self.upsert_call(collection, model, ids[lo:hi], vectors[lo:hi], chunk,
+                                                     previous_vectors))
                 advance(hi - lo)
+                return answer
+
+            pending: deque[Future[dict[str, Any]]] = deque()
+            try:
+                for lo, hi in batch_bounds(len(ids), batch_size):
+                    if len(pending) == workers:
+                        answers.append(pending.popleft().result())
+                    pending.append(pool.submit(one, lo, hi))
+                while pending:
+                    answers.append(pending.popleft().result())
+            finally:
+                wait(pending)  # after a failure: let the batches in flight finish before raising
         return summed(answers)
 
     def add_pairs_many(self, upgrade_id: int, old: np.ndarray, new: np.ndarray, ids: Sequence[str] | None = None,
