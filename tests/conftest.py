@@ -80,6 +80,31 @@ def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest
     yield from _database_of_kind(request, tmp_path_factory.mktemp("db"))
 
 
+@pytest.fixture
+def gallery_parts(database_url: str, tmp_path: Path) -> Iterator[tuple]:
+    """(store, catalog, make_gallery) on a fresh database of each kind: `make_gallery(directory)` is a
+    ready Gallery over a FAISS backend keeping its snapshots in `directory` (one per simulated process)."""
+    from index import create_backend
+    from service.core.catalog import Catalog
+    from service.core.gallery import Gallery
+    from service.core.transform_graph import TransformGraph
+    from service.store import Store
+    from service.store.db import make_engine, migrate
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    catalog = Catalog(store, max_dim=4096)
+
+    def make_gallery(directory: Path) -> Gallery:
+        gallery = Gallery(store, catalog, create_backend("faiss", directory=directory), TransformGraph(store, tmp_path))
+        gallery.ready.set()
+        return gallery
+
+    yield store, catalog, make_gallery
+    engine.dispose()
+
+
 class LiveServer:
     """A uvicorn server on a free loopback port, in a thread of the test process."""
 

@@ -16,22 +16,14 @@ from service.core.gallery import Gallery
 from service.core.index_sync import SnapshotScheduler, load_all
 from service.core.transform_graph import TransformGraph
 from service.store import Store
-from service.store.db import make_engine, migrate
 from service.store.tables import Item
 
 
 @pytest.fixture
-def service(database_url: str, tmp_path):
+def service(gallery_parts, tmp_path):
     """(store, catalog, gallery) on a fresh database, with FAISS snapshots under tmp_path/idx."""
-    engine = make_engine(database_url)
-    migrate(engine)
-    store = Store(engine)
-    catalog = Catalog(store, max_dim=4096)
-    gallery = Gallery(store, catalog, create_backend("faiss", directory=tmp_path / "idx"),
-                      TransformGraph(store, tmp_path))
-    gallery.ready.set()
-    yield store, catalog, gallery
-    engine.dispose()
+    store, catalog, make_gallery = gallery_parts
+    return store, catalog, make_gallery(tmp_path / "idx")
 
 
 @pytest.fixture

@@ -11,23 +11,6 @@ from service.core.gallery import Gallery
 from service.core.index_sync import reconcile_collection
 from service.core.transform_graph import TransformGraph
 from service.store import Store
-from service.store.db import make_engine, migrate
-
-
-@pytest.fixture
-def parts(database_url: str, tmp_path):
-    engine = make_engine(database_url)
-    migrate(engine)
-    store = Store(engine)
-    catalog = Catalog(store, max_dim=4096)
-
-    def gallery(directory) -> Gallery:
-        g = Gallery(store, catalog, create_backend("faiss", directory=directory), TransformGraph(store, tmp_path))
-        g.ready.set()
-        return g
-
-    yield store, catalog, gallery
-    engine.dispose()
 
 
 def _setup(store: Store, catalog: Catalog, gallery: Gallery):
@@ -41,8 +24,8 @@ def _setup(store: Store, catalog: Catalog, gallery: Gallery):
     return v1, v2, catalog.collection("g"), keys, old, new
 
 
-def test_kept_vectors_serve_old_queries_and_survive_a_rebuild_from_the_store(parts, tmp_path) -> None:
-    store, catalog, make = parts
+def test_kept_vectors_serve_old_queries_and_survive_a_rebuild_from_the_store(gallery_parts, tmp_path) -> None:
+    store, catalog, make = gallery_parts
     gallery = make(tmp_path / "a")
     v1, v2, coll, keys, old, new = _setup(store, catalog, gallery)
     out = gallery.upsert(coll, v2, keys[:10], new[:10], [None] * 10)  # re-embedding (default: keep)
@@ -60,8 +43,8 @@ def test_kept_vectors_serve_old_queries_and_survive_a_rebuild_from_the_store(par
     assert np.allclose(result.scores[:, 0], 1.0, atol=1e-5)  # the very vectors written to v1
 
 
-def test_delete_removes_every_representation_and_retire_drops_the_kept_partition(parts, tmp_path) -> None:
-    store, catalog, make = parts
+def test_delete_removes_every_representation_and_retire_drops_the_kept_partition(gallery_parts, tmp_path) -> None:
+    store, catalog, make = gallery_parts
     gallery = make(tmp_path / "a")
     v1, v2, coll, keys, old, new = _setup(store, catalog, gallery)
     gallery.upsert(coll, v2, keys, new, [None] * 30)
@@ -73,8 +56,8 @@ def test_delete_removes_every_representation_and_retire_drops_the_kept_partition
     assert store.kept_counts(coll.id) == {}
 
 
-def test_content_change_drops_the_old_vector_from_old_queries(parts, tmp_path) -> None:
-    store, catalog, make = parts
+def test_content_change_drops_the_old_vector_from_old_queries(gallery_parts, tmp_path) -> None:
+    store, catalog, make = gallery_parts
     gallery = make(tmp_path / "a")
     v1, v2, coll, keys, old, new = _setup(store, catalog, gallery)
     out = gallery.upsert(coll, v2, keys[:5], new[:5], [None] * 5, keep_previous=False)
@@ -84,10 +67,10 @@ def test_content_change_drops_the_old_vector_from_old_queries(parts, tmp_path) -
     assert not found & set(keys[:5])
 
 
-def test_items_just_written_are_served_without_a_database_read(parts, tmp_path, monkeypatch) -> None:
+def test_items_just_written_are_served_without_a_database_read(gallery_parts, tmp_path, monkeypatch) -> None:
     """Write-through: the upsert fills the hit cache with the records it committed, so the first
     queries after an ingest read nothing from SQL (bench/first_pass.py measured the cold path)."""
-    store, catalog, make = parts
+    store, catalog, make = gallery_parts
     backend = create_backend("faiss", directory=tmp_path / "wt")
     gallery = Gallery(store, catalog, backend, TransformGraph(store, tmp_path), hit_cache_items=1_000)
     gallery.ready.set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import httpx
@@ -91,16 +91,14 @@ class Client(Endpoints):
                 advance(hi - lo)
                 return answer
 
+            # On a failure, leaving the pool's block waits for the batches still in flight.
             pending: deque[Future[dict[str, Any]]] = deque()
-            try:
-                for lo, hi in batch_bounds(len(ids), batch_size):
-                    if len(pending) == workers:
-                        answers.append(pending.popleft().result())
-                    pending.append(pool.submit(one, lo, hi))
-                while pending:
+            for lo, hi in batch_bounds(len(ids), batch_size):
+                if len(pending) == workers:
                     answers.append(pending.popleft().result())
-            finally:
-                wait(pending)  # after a failure: let the batches in flight finish before raising
+                pending.append(pool.submit(one, lo, hi))
+            while pending:
+                answers.append(pending.popleft().result())
         return summed(answers)
 
     def add_pairs_many(self, upgrade_id: int, old: np.ndarray, new: np.ndarray, ids: Sequence[str] | None = None,
