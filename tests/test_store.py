@@ -107,27 +107,41 @@ def test_a_batch_mixing_new_and_existing_items_gets_each_items_own_row(store: St
     assert [hits[int(i)].key for i in out.ids] == keys
 
 
-def test_a_write_looks_its_keys_up_in_one_statement_on_postgresql(store: Store) -> None:
-    """A write reads which of its keys exist, and the row ids of those it inserted: on PostgreSQL
-    each is one statement with the keys as one array, however many (IN chunks of 500 cost a round
-    trip and a plan each: half of PostgreSQL ingest time at 5,000 items a batch); SQLite, which has
-    no arrays, keeps the chunks."""
-    model, coll = seed(store, dim=4)
-    lookups: list[str] = []
+def test_a_write_looks_rows_up_in_one_statement_each_on_postgresql(store: Store) -> None:
+    """A write reads which of its keys exist and the row ids of those it inserted; a re-embedding
+    also reads and replaces the vectors kept for older versions. On PostgreSQL each of those is one
+    statement with the keys or ids as one array, however many (IN chunks of 500 cost a round trip
+    and a plan each: half of PostgreSQL ingest time at 5,000 items a batch); SQLite, which has no
+    arrays, keeps the chunks."""
+    v1, coll = seed(store, dim=4)
+    v2 = store.create_model("v2", 4, "cosine", v1.id, None)
+    kinds = {"key lookup": r'^SELECT .* WHERE .*items\."?key"? (IN|=)',
+             "kept lookup": r'^SELECT .*FROM "?item_history"? WHERE',
+             "kept delete": r'^DELETE FROM "?item_history"?',
+             "kept copy": r'^INSERT INTO "?item_history"?'}
+    seen: dict[str, int] = dict.fromkeys(kinds, 0)
 
     def count(conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and re.search(r'items\."?key"? (IN|=)', statement):
-            lookups.append(statement)
+        flat = " ".join(statement.split())
+        for kind, pattern in kinds.items():
+            seen[kind] += bool(re.search(pattern, flat, re.IGNORECASE))
 
+    keys = [f"k{n}" for n in range(1_200)]
     event.listen(store.engine, "before_cursor_execute", count)
     try:
-        keys = [f"k{n}" for n in range(1_200)]
-        out = store.upsert_items(coll.id, model.id, keys, np.ones((1_200, 4), np.float32), [None] * 1_200)
+        first = store.upsert_items(coll.id, v1.id, keys, np.ones((1_200, 4), np.float32), [None] * 1_200)
+        written = dict(seen)
+        again = store.upsert_items(coll.id, v2.id, keys, np.full((1_200, 4), 2, np.float32), [None] * 1_200,
+                                   keep_models=frozenset({v1.id}))
     finally:
         event.remove(store.engine, "before_cursor_execute", count)
-    assert out.created == 1_200 and len(set(out.ids.tolist())) == 1_200
-    per_lookup = 1 if store.engine.dialect.name == "postgresql" else 3  # ceil(1,200 / 500)
-    assert len(lookups) == 2 * per_lookup, lookups
+    assert first.created == 1_200 and len(set(first.ids.tolist())) == 1_200
+    assert again.kept == 1_200 and np.array_equal(again.ids, first.ids)
+    per_statement = 1 if store.engine.dialect.name == "postgresql" else 3  # ceil(1,200 / 500)
+    assert written["key lookup"] == 2 * per_statement, written  # which exist; the new rows' ids
+    re_embedding = {kind: seen[kind] - written[kind] for kind in kinds}
+    assert re_embedding == {"key lookup": per_statement, "kept lookup": per_statement,
+                            "kept delete": per_statement, "kept copy": per_statement}, re_embedding
 
 
 def test_failed_batch_writes_nothing(store: Store) -> None:

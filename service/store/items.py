@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import ARRAY, Engine, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import ARRAY, ColumnElement, Engine, any_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
@@ -114,6 +114,17 @@ def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
 def _chunks(seq: Sequence, size: int = _IN_CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(seq), size):
         yield seq[start : start + size]
+
+
+def _member_of(s, column, values: Sequence) -> list[ColumnElement[bool]]:
+    """`column IN values` as conditions to run one statement each. On PostgreSQL one condition
+    binds all the values as one array (`column = ANY(:values)`): IN lists of 500 parameters each
+    cost a round trip and a plan of their own (half of a write's time on PostgreSQL, with a scan of
+    the collection per chunk before a new table's first ANALYZE; docs/benchmarks.md). SQLite has no
+    arrays: IN chunks there."""
+    if s.get_bind().dialect.name == "postgresql":
+        return [column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))]
+    return [column.in_(chunk) for chunk in _chunks(list(values))]
 
 
 def _model(row: ModelVersion) -> ModelRecord:
@@ -263,9 +274,8 @@ class ItemStore:
                     inserts.append({"collection_id": collection_id, "key": key, **values})
                     new_positions.append(pos)
             for kept_model, row_ids in drop_history.items():
-                for chunk in _chunks(row_ids):
-                    s.execute(delete(ItemHistory).where(ItemHistory.item_id.in_(chunk),
-                                                        ItemHistory.model_id == kept_model))
+                for members in _member_of(s, ItemHistory.item_id, row_ids):
+                    s.execute(delete(ItemHistory).where(members, ItemHistory.model_id == kept_model))
             for old_model, row_ids in to_history.items():
                 self._keep_previous_vectors(s, old_model, row_ids)
             if updates:
@@ -298,21 +308,12 @@ class ItemStore:
 
     @staticmethod
     def _rows_by_key(s, collection_id: int, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """key -> (row id, current model) of the collection's items with those keys.
-
-        On PostgreSQL one statement binds all the keys as one array (`key = ANY(:keys)`): IN
-        lists of 500 parameters each cost a round trip and a plan of their own, and a write looks
-        its keys up twice (which exist; the ids of those it inserted). Measured on a 50k-item
-        collection, 5,000 keys: 456 ms in IN chunks vs 67 ms as one array before the table was
-        first analysed (each chunk scanned the collection), 130 vs 59 ms after."""
+        """key -> (row id, current model) of the collection's items with those keys (a write looks
+        its keys up twice: which exist, then the ids of those it inserted)."""
         out: dict[str, tuple[int, int]] = {}
-        columns = select(Item.id, Item.key, Item.model_id).where(Item.collection_id == collection_id)
-        if s.get_bind().dialect.name == "postgresql":
-            statements = [columns.where(Item.key == any_(bindparam("keys", list(keys), type_=ARRAY(Item.key.type))))]
-        else:
-            statements = [columns.where(Item.key.in_(chunk)) for chunk in _chunks(list(keys))]
-        for statement in statements:
-            for row_id, key, model_id in s.execute(statement):
+        for members in _member_of(s, Item.key, keys):
+            for row_id, key, model_id in s.execute(select(Item.id, Item.key, Item.model_id).where(
+                    Item.collection_id == collection_id, members)):
                 out[key] = (row_id, model_id)
         return out
 
@@ -320,22 +321,19 @@ class ItemStore:
     def _history_models(s, row_ids: list[int]) -> dict[int, list[int]]:
         """row id -> models whose vectors item_history keeps for it."""
         out: dict[int, list[int]] = {}
-        for chunk in _chunks(row_ids):
-            for item_id, kept_model in s.execute(_KEPT, {"ids": list(chunk)}):
+        for members in _member_of(s, ItemHistory.item_id, row_ids):
+            for item_id, kept_model in s.execute(select(ItemHistory.item_id, ItemHistory.model_id).where(members)):
                 out.setdefault(item_id, []).append(kept_model)
         return out
 
     @staticmethod
     def _keep_previous_vectors(s, old_model: int, row_ids: list[int]) -> None:
         """Copy the vectors that are about to be replaced into item_history (inside the database)."""
-        for chunk in _chunks(row_ids):
-            s.execute(delete(ItemHistory).where(ItemHistory.item_id.in_(chunk), ItemHistory.model_id == old_model))
-            s.execute(
-                insert(ItemHistory).from_select(
-                    ["item_id", "model_id", "vector"],
-                    select(Item.id, Item.model_id, Item.vector).where(Item.id.in_(chunk)),
-                )
-            )
+        for members in _member_of(s, ItemHistory.item_id, row_ids):
+            s.execute(delete(ItemHistory).where(members, ItemHistory.model_id == old_model))
+        for members in _member_of(s, Item.id, row_ids):
+            s.execute(insert(ItemHistory).from_select(
+                ["item_id", "model_id", "vector"], select(Item.id, Item.model_id, Item.vector).where(members)))
 
     def retired_models(self, collection_id: int) -> set[int]:
         with self._sessions() as s:
