@@ -144,6 +144,30 @@ def test_a_write_looks_rows_up_in_one_statement_each_on_postgresql(store: Store)
                             "kept delete": per_statement, "kept copy": per_statement}, re_embedding
 
 
+def test_an_upload_of_keyed_pairs_replaces_them_in_one_statement_on_postgresql(store: Store) -> None:
+    """A batch of keyed pairs first deletes the pairs it replaces: one statement on PostgreSQL (the
+    keys as one array), IN chunks of 500 on SQLite; the replaced ones are counted either way."""
+    v1, _ = seed(store, dim=4)
+    v2 = store.create_model("v2", 4, "cosine", v1.id, None)
+    upgrade = store.create_upgrade(v1.id, v2.id) or next(u for u in store.list_upgrades()
+                                                        if (u.old_model_id, u.new_model_id) == (v1.id, v2.id))
+    keys = [f"p{n}" for n in range(1_200)]
+    pairs = np.ones((1_200, 4), np.float32)
+    assert store.add_pairs(upgrade.id, keys[:600], pairs[:600], pairs[:600], None) == (600, 0)
+    deletes: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        if re.search(r'^DELETE FROM "?upgrade_pairs"?', statement.lstrip(), re.IGNORECASE):
+            deletes.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        assert store.add_pairs(upgrade.id, keys, pairs, pairs, None) == (600, 600)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    assert len(deletes) == (1 if store.engine.dialect.name == "postgresql" else 3), deletes
+
+
 def test_failed_batch_writes_nothing(store: Store) -> None:
     model, coll = seed(store)
     v = np.eye(4, dtype=np.float32)

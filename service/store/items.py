@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import ARRAY, ColumnElement, Engine, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from service.store.membership import chunks, member_of
 from service.store.tables import Collection, CollectionRetirement, Item, ItemHistory, ModelVersion, Upgrade, utcnow
 
-_IN_CHUNK = 500  # keep IN (...) lists well under every driver's parameter limit
 VECTOR_DTYPE = np.dtype("<f4")
 
 
@@ -109,22 +109,6 @@ def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.empty((0, dim), dtype=np.float32)
     return np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), dim).astype(np.float32)
-
-
-def _chunks(seq: Sequence, size: int = _IN_CHUNK) -> Iterator[Sequence]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]
-
-
-def _member_of(s, column, values: Sequence) -> list[ColumnElement[bool]]:
-    """`column IN values` as conditions to run one statement each. On PostgreSQL one condition
-    binds all the values as one array (`column = ANY(:values)`): IN lists of 500 parameters each
-    cost a round trip and a plan of their own (half of a write's time on PostgreSQL, with a scan of
-    the collection per chunk before a new table's first ANALYZE; docs/benchmarks.md). SQLite has no
-    arrays: IN chunks there."""
-    if s.get_bind().dialect.name == "postgresql":
-        return [column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))]
-    return [column.in_(chunk) for chunk in _chunks(list(values))]
 
 
 def _model(row: ModelVersion) -> ModelRecord:
@@ -274,7 +258,7 @@ class ItemStore:
                     inserts.append({"collection_id": collection_id, "key": key, **values})
                     new_positions.append(pos)
             for kept_model, row_ids in drop_history.items():
-                for members in _member_of(s, ItemHistory.item_id, row_ids):
+                for members in member_of(s, ItemHistory.item_id, row_ids):
                     s.execute(delete(ItemHistory).where(members, ItemHistory.model_id == kept_model))
             for old_model, row_ids in to_history.items():
                 self._keep_previous_vectors(s, old_model, row_ids)
@@ -311,7 +295,7 @@ class ItemStore:
         """key -> (row id, current model) of the collection's items with those keys (a write looks
         its keys up twice: which exist, then the ids of those it inserted)."""
         out: dict[str, tuple[int, int]] = {}
-        for members in _member_of(s, Item.key, keys):
+        for members in member_of(s, Item.key, keys):
             for row_id, key, model_id in s.execute(select(Item.id, Item.key, Item.model_id).where(
                     Item.collection_id == collection_id, members)):
                 out[key] = (row_id, model_id)
@@ -321,7 +305,7 @@ class ItemStore:
     def _history_models(s, row_ids: list[int]) -> dict[int, list[int]]:
         """row id -> models whose vectors item_history keeps for it."""
         out: dict[int, list[int]] = {}
-        for members in _member_of(s, ItemHistory.item_id, row_ids):
+        for members in member_of(s, ItemHistory.item_id, row_ids):
             for item_id, kept_model in s.execute(select(ItemHistory.item_id, ItemHistory.model_id).where(members)):
                 out.setdefault(item_id, []).append(kept_model)
         return out
@@ -329,9 +313,9 @@ class ItemStore:
     @staticmethod
     def _keep_previous_vectors(s, old_model: int, row_ids: list[int]) -> None:
         """Copy the vectors that are about to be replaced into item_history (inside the database)."""
-        for members in _member_of(s, ItemHistory.item_id, row_ids):
+        for members in member_of(s, ItemHistory.item_id, row_ids):
             s.execute(delete(ItemHistory).where(members, ItemHistory.model_id == old_model))
-        for members in _member_of(s, Item.id, row_ids):
+        for members in member_of(s, Item.id, row_ids):
             s.execute(insert(ItemHistory).from_select(
                 ["item_id", "model_id", "vector"], select(Item.id, Item.model_id, Item.vector).where(members)))
 
@@ -394,7 +378,7 @@ class ItemStore:
         statement = _HITS_WITH_PAYLOAD if with_payload else _HITS
         out: dict[int, HitRecord] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(ids)):
+            for chunk in chunks(list(ids)):
                 rows = [row for row in conn.execute(statement, {"ids": list(chunk)})
                         if row.collection_id == collection_id]
                 kept: dict[int, set[int]] = {}
@@ -442,7 +426,7 @@ class ItemStore:
         history = select(ItemHistory.item_id, ItemHistory.vector).where(
             ItemHistory.item_id.in_(_IDS), ItemHistory.model_id == model_id)
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(ids)):
+            for chunk in chunks(list(ids)):
                 others = []
                 for row_id, owner, current_model, blob in conn.execute(_VECTORS, {"ids": list(chunk)}):
                     if owner != collection_id:  # primary-key lookup only; see hits_by_id

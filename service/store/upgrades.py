@@ -9,7 +9,8 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 
-from service.store.items import _chunks, decode_vectors, encode_vector
+from service.store.items import decode_vectors, encode_vector
+from service.store.membership import member_of
 from service.store.tables import (
     Item,
     ItemHistory,
@@ -186,9 +187,9 @@ class UpgradeStore:
         replaced = 0
         with self._sessions.begin() as s:
             if keys is not None:
-                for chunk in _chunks(list(keys)):
+                for members in member_of(s, UpgradePair.key, keys):
                     replaced += s.execute(delete(UpgradePair).where(
-                        UpgradePair.upgrade_id == upgrade_id, UpgradePair.key.in_(chunk))).rowcount
+                        UpgradePair.upgrade_id == upgrade_id, members)).rowcount
             rows = [
                 {"upgrade_id": upgrade_id, "key": None if keys is None else keys[i],
                  "old_vector": encode_vector(old[i]), "new_vector": encode_vector(new[i]),
