@@ -10,10 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
+from sqlalchemy import create_engine, text
 
 from service.cli.job_watch import wait_for_job  # noqa: F401  (re-exported for the benchmarks)
 
@@ -127,6 +131,21 @@ def wait_for_index(client: httpx.Client, collection: str, timeout: float = 3_600
             return time.monotonic() - started
         time.sleep(0.5)
     raise TimeoutError(f"{collection}: indexes still rebuilding after {timeout} s")
+
+
+@contextmanager
+def pg_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on `admin_url`'s server for one run; its URL. Dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def b64(x: np.ndarray) -> str:

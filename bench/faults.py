@@ -35,7 +35,6 @@ import random
 import tempfile
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,7 +45,7 @@ import httpx
 import numpy as np
 from sqlalchemy import create_engine, text
 
-from bench.common import ROOT, Service, b64
+from bench.common import ROOT, Service, b64, pg_database
 
 DIM = 32
 BATCH = 40
@@ -198,16 +197,8 @@ def database(kind: str, workdir: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{workdir / 'faults.db'}"
         return
-    name = f"nobackfill_faults_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with pg_database(PG_ADMIN, "nobackfill_faults") as url:
+        yield url
 
 
 def _setup(url: str, scenario: str) -> int | None:

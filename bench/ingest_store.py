@@ -20,13 +20,12 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, text
 
-from bench.common import Service
+from bench.common import Service, pg_database
 from nobackfill.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,41 +33,19 @@ RESULTS = ROOT / "bench" / "results"
 PG_ADMIN_URL = os.environ.get("NOBACKFILL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def fresh_pg_database() -> tuple[str, callable]:
-    name = f"nobackfill_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
-
-
 def ingest_once(store: str, x: np.ndarray, batch: int) -> float:
     """Vectors per second through a fresh service on `store` ("sqlite" or "postgresql")."""
-    drop = None
-    env: dict[str, str] = {}
-    if store == "postgresql":
-        url, drop = fresh_pg_database()
-        env["NOBACKFILL_DATABASE_URL"] = url
-    with tempfile.TemporaryDirectory(prefix="nb-ingest-") as tmp:
-        service = Service(Path(tmp), **env)
-        try:
-            with Client(service.url, timeout=600) as client:
-                client.http.post("/v1/models", json={"name": "m", "dim": x.shape[1]}).raise_for_status()
-                client.http.post("/v1/collections", json={"name": "c", "model": "m",
-                                                          "index": {"kind": "flat"}}).raise_for_status()
-                started = time.perf_counter()
-                client.upsert_many("c", "m", [str(i) for i in range(len(x))], x, batch_size=batch)
-                return len(x) / (time.perf_counter() - started)
-        finally:
-            service.stop()
-            if drop is not None:
-                drop()
+    with ExitStack() as stack:
+        env = ({"NOBACKFILL_DATABASE_URL": stack.enter_context(pg_database(PG_ADMIN_URL, "nobackfill_bench"))}
+               if store == "postgresql" else {})
+        service = Service(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nb-ingest-"))), **env)
+        stack.callback(service.stop)
+        client = stack.enter_context(Client(service.url, timeout=600))
+        client.create_model("m", x.shape[1])
+        client.create_collection("c", "m", {"kind": "flat"})
+        started = time.perf_counter()
+        client.upsert_many("c", "m", [str(i) for i in range(len(x))], x, batch_size=batch)
+        return len(x) / (time.perf_counter() - started)
 
 
 def main() -> None:

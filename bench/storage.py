@@ -19,13 +19,12 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import httpx
 from sqlalchemy import create_engine, text
 
-from bench.common import Service, b64, wait_for_index
+from bench.common import Service, b64, pg_database, wait_for_index
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -44,37 +43,30 @@ def main() -> None:
     from bench.serving import gallery_vectors
 
     x, source = gallery_vectors(args.n, args.dim)
-    name = f"nobackfill_storage_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     tmp = Path(tempfile.mkdtemp(prefix="nb-storage-"))
     try:
-        service = Service(tmp / "data", NOBACKFILL_DATABASE_URL=url, NOBACKFILL_INDEX_BACKEND="milvus")
-        try:
-            with httpx.Client(base_url=service.url, timeout=600) as c:
-                c.post("/v1/models", json={"name": "m", "dim": args.dim}).raise_for_status()
-                c.post("/v1/collections", json={"name": "g", "model": "m",
-                                                "index": {"kind": "hnsw"}}).raise_for_status()
-                for start in range(0, args.n, 5_000):
-                    items = [{"id": f"item-{start + i}", "vector_b64": b64(v)}
-                             for i, v in enumerate(x[start:start + 5_000])]
-                    c.post("/v1/collections/g/items", json={"model": "m", "items": items}).raise_for_status()
-                wait_for_index(c, "g")
-        finally:
-            service.stop()
-        db = create_engine(url)
-        with db.connect() as conn:
-            tables = {t: int(conn.execute(text(f"select pg_total_relation_size('{t}')")).scalar())
-                      for t in ("items", "item_history")}
-        db.dispose()
+        with pg_database(PG_ADMIN, "nobackfill_storage") as url:
+            service = Service(tmp / "data", NOBACKFILL_DATABASE_URL=url, NOBACKFILL_INDEX_BACKEND="milvus")
+            try:
+                with httpx.Client(base_url=service.url, timeout=600) as c:
+                    c.post("/v1/models", json={"name": "m", "dim": args.dim}).raise_for_status()
+                    c.post("/v1/collections", json={"name": "g", "model": "m",
+                                                    "index": {"kind": "hnsw"}}).raise_for_status()
+                    for start in range(0, args.n, 5_000):
+                        items = [{"id": f"item-{start + i}", "vector_b64": b64(v)}
+                                 for i, v in enumerate(x[start:start + 5_000])]
+                        c.post("/v1/collections/g/items", json={"model": "m", "items": items}).raise_for_status()
+                    wait_for_index(c, "g")
+            finally:
+                service.stop()
+            db = create_engine(url)
+            with db.connect() as conn:
+                tables = {t: int(conn.execute(text(f"select pg_total_relation_size('{t}')")).scalar())
+                          for t in ("items", "item_history")}
+            db.dispose()
         milvus = directory_bytes(tmp / "data" / "milvus.db")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     raw = 4 * args.dim
     report = {"n": args.n, "dim": args.dim, "data": source, "raw_vector_bytes": raw,
               "postgresql_items_bytes_per_vector": tables["items"] / args.n,
