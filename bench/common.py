@@ -82,6 +82,41 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants (Linux /proc), in seconds."""
+    total, stack, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def wait_quiet(pids: list[int], window: float = 2.0, busy: float = 0.05, timeout: float = 1_800,
+               step: float = 0.25) -> float:
+    """Block until the processes use under `busy` of a core over `window` seconds, and return the
+    `time.perf_counter()` at which that quiet window began (to within `step`): when the background
+    work an ingest started (index building, compaction, flushes) had finished. Milvus Lite answers a
+    flush before it has built the sealed segments' indexes, so "flushed" is not "done" there; this is."""
+    deadline = time.monotonic() + timeout
+    samples: list[tuple[float, float]] = []  # (perf_counter, CPU seconds), one every `step`
+    while time.monotonic() < deadline:
+        now, cpu = time.perf_counter(), sum(tree_cpu_seconds(pid) for pid in pids)
+        samples.append((now, cpu))
+        while len(samples) > 1 and now - samples[1][0] >= window:  # keep the oldest sample >= window ago
+            samples.pop(0)
+        began, cpu_then = samples[0]
+        if now - began >= window and cpu - cpu_then < busy * (now - began):
+            return began
+        time.sleep(step)
+    raise TimeoutError(f"processes {pids} still busy after {timeout} s")
+
+
 class LeanClient:
     """One keep-alive HTTP/1.1 connection (the standard library's http.client) for timing requests.
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import LeanClient, Service, b64
-from bench.peers import K, NobackfillSystem, wait_quiet
+from bench.common import LeanClient, Service, b64, wait_quiet
+from bench.peers import K, NobackfillSystem
 from bench.serving import gallery_vectors
 
 ROOT = Path(__file__).resolve().parents[1]

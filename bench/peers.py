@@ -46,7 +46,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import LeanClient, Service, b64, free_port, stop_process, wait_for_index
+from bench.common import LeanClient, Service, b64, free_port, stop_process, wait_for_index, wait_quiet
 from bench.serving_milvus import percentiles, qps, recall_at_10, start_milvus_server
 from index.milvus.backend import GRPC_OPTIONS
 from nobackfill.client import Client
@@ -114,33 +114,6 @@ def wait_milvus_indexed(uri: str, rows: int, timeout: float = 1_800) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError(f"Milvus at {uri} still indexing after {timeout} s")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its descendants (Linux /proc), in seconds."""
-    total, stack, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
-    while stack:
-        current = stack.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
-
-
-def wait_quiet(pids: list[int], window: float = 2.0, busy: float = 0.05, timeout: float = 1_800) -> None:
-    """Block until the processes use under `busy` of a core over `window` seconds: background work
-    an ingest started (index building, compaction, flushes) has finished."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        before = sum(tree_cpu_seconds(pid) for pid in pids)
-        time.sleep(window)
-        if sum(tree_cpu_seconds(pid) for pid in pids) - before < busy * window:
-            return
-    raise TimeoutError(f"processes {pids} still busy after {timeout} s")
 
 
 # ---- the systems --------------------------------------------------------------------------------
@@ -369,8 +342,7 @@ def run(n: int, n_queries: int, max_load: float, settle_s: float, out: Path) -> 
             rows[s.name]["ingest_vectors_per_s"] = n / (time.perf_counter() - started)
             s.wait_indexed(n)
             rows[s.name]["ingest_indexed_vectors_per_s"] = n / (time.perf_counter() - started)
-            wait_quiet(s.pids())  # measured to the start of the quiet window
-            rows[s.name]["ingest_quiet_vectors_per_s"] = n / (time.perf_counter() - started - 2.0)
+            rows[s.name]["ingest_quiet_vectors_per_s"] = n / (wait_quiet(s.pids()) - started)
             rows[s.name]["rss_after_ingest_bytes"] = s.rss_bytes()
             print(f"{s.name}: {n:,} vectors searchable in {n / rows[s.name]['ingest_vectors_per_s']:.1f} s, "
                   f"indexed in {n / rows[s.name]['ingest_indexed_vectors_per_s']:.1f} s, "

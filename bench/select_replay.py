@@ -3,6 +3,7 @@
     python -m bench.select_replay                               # every compat results file
     python -m bench.select_replay bench/results/compat.json
     python -m bench.select_replay --support bench/results/compat.json bench/results/compat_debian-4k.json
+    python -m bench.select_replay --floor                       # what choosing among the baselines alone loses
 
 Why: a compat run takes ~40 min, but the choice is the only thing a ranking rule changes. Each run
 in compat.json stores every candidate's out-of-fold scores (pool mAP@R and ECC verdict; with
@@ -28,6 +29,9 @@ from adapters import baselines
 from bench.compat import RESULTS, summarise
 
 Scores = dict[str, dict]
+RULE_FILES = ["compat.json", "compat_wordnet-20k.json", "compat_wordnet-20k_draw1.json"]
+FLOOR_FILES = ["compat.json", "compat_debian-4k.json", "compat_wordnet-20k.json",  # development
+               "compat_wordnet-20k_draw2.json", "compat_debian-4k-draw1.json"]  # the locked draws
 Rule = Callable[[Scores], dict[str, float]]
 
 
@@ -129,14 +133,56 @@ def support_table(files: list[Path], grid: list[tuple[float, float]]) -> None:
         print(f"{z:<5g} {tol:<6g} | " + " | ".join(cells))
 
 
+def _test_loss(report: dict, pick: str) -> float:
+    """How far `pick` ends below the better closed-form baseline on the test set: the larger
+    shortfall of top-1 and mAP@R (0 when it is at or above it on both)."""
+    m = report["methods"]
+    return max(max(m[b]["new/old"][k] for b in baselines()) - m[pick]["new/old"][k] for k in ("top1", "mAP@R"))
+
+
+def floor_table(files: list[Path], tolerance: float = 0.005) -> None:
+    """The noise floor under issue #15's zero-loss target: per file, the runs in which a choice
+    ends more than `tolerance` below the better baseline on the test set, for auto as it ran and
+    for rules that choose among the closed-form baselines only (by the stored out-of-fold rank, or
+    always the same one). If those lose too, the losses come from test-set noise between two
+    near-equal maps, which no rule that does not see the test set can avoid."""
+    rules: dict[str, Callable[[dict], str]] = {
+        "auto, as run": lambda rep: rep["selected"],
+        "better baseline out-of-fold": lambda rep: max(
+            baselines(), key=lambda b: rep["selection"]["holdout_candidates"][b]["rank_score"]),
+        **{f"always {b}": (lambda rep, b=b: b) for b in baselines()},
+    }
+    print(f"runs more than {tolerance} below the better baseline on top-1 or mAP@R (test set)")
+    print("| rule | " + " | ".join(path.name for path in files) + " |")
+    print("|---|" + "---|" * len(files))
+    sets = [json.loads(path.read_text())["runs"] for path in files]
+    for name, pick in rules.items():
+        cells = [f"{sum(_test_loss(r['report'], pick(r['report'])) > tolerance for r in runs)} of {len(runs)}"
+                 for runs in sets]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    def baselines_apart(report: dict) -> bool:
+        m = report["methods"]
+        return any(max(m[b]["new/old"][k] for b in baselines()) - min(m[b]["new/old"][k] for b in baselines())
+                   > tolerance for k in ("top1", "mAP@R"))
+
+    apart = [f"{sum(baselines_apart(r['report']) for r in runs)} of {len(runs)}" for runs in sets]
+    print("| (the baselines differ by more than that on test) | " + " | ".join(apart) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", type=Path,
-                        default=[RESULTS / "compat.json", RESULTS / "compat_wordnet-20k.json",
-                                 RESULTS / "compat_wordnet-20k_draw1.json"])
+                        help="compat results (default: WordNet-4k, WordNet-20k draws 0 and 1; with --floor every "
+                             "development set and both locked draws)")
     parser.add_argument("--support", action="store_true",
                         help="replay auto's support rule over a grid of (z, tolerance) instead of ranking rules")
+    parser.add_argument("--floor", action="store_true",
+                        help="losses of choices among the closed-form baselines alone: the test-noise floor")
     args = parser.parse_args()
+    if args.floor:
+        floor_table([f for f in args.files or [RESULTS / name for name in FLOOR_FILES] if f.exists()])
+        return
+    args.files = args.files or [RESULTS / name for name in RULE_FILES]
     if args.support:
         grid = [(z, tol) for z in (0.0, 0.5, 1.0, 1.64) for tol in (0.0, 0.005, 0.01, 0.02)] + [(0.0, 1.0)]
         support_table(args.files, grid)
