@@ -31,7 +31,7 @@ from bench.compat import DATA, PAIRS, RESULTS, load_wordnet
 from service.cli.evaluate import _jsonable
 
 METHODS = ["procrustes", "affine", "adjoint", "lambda_orth", "bt2", "drift_lowrank", "drift_mlp", "rank_distill",
-           "auto"]
+           "neighbour_memory", "auto"]
 
 
 def symmetric(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> dict[str, float]:

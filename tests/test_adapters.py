@@ -14,7 +14,7 @@ from adapters.methods.procrustes import Procrustes
 DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"
 FAST = {"max_steps": 40, "min_steps": 20, "eval_every": 10, "patience": 3}
 TRAINED = {"lambda_orth", "oca", "bt2", "drift_lowrank", "drift_mlp", "rank_distill"}
-ALL_METHODS = ["procrustes", "affine", "adjoint", *sorted(TRAINED), "slerp"]
+ALL_METHODS = ["procrustes", "affine", "adjoint", *sorted(TRAINED), "neighbour_memory", "slerp"]
 
 
 def fast_params(name: str) -> dict:
@@ -140,12 +140,43 @@ def test_adjoint_beats_point_wise_alignment_and_is_deterministic(wordnet) -> Non
         assert len(a.report.notes["cv_mAP@R"]) == 15
 
 
+def test_neighbour_memory_adds_the_mean_old_vector_of_the_querys_nearest_pairs(wordnet) -> None:
+    """z = normalize(adjoint(q)) + beta * normalize(mean old vector of the k pairs nearest to q by
+    the new model), checked against a brute-force reading of that formula; the memory is capped
+    and stored as float16, and beta = 0 is the adjoint itself."""
+    from adapters.vectors import normalize
+
+    old, new, q = wordnet["old"], wordnet["new"], wordnet["test"].new[:25]
+    memory = create("neighbour_memory", k=7, beta=0.5, max_memory=150)
+    report = memory.fit(old, new, None, seed=2)
+    assert report.notes["memory_pairs"] == 150 and memory.memory_new.dtype == np.float16
+    kept_new, kept_old = memory.memory_new.astype(np.float32), memory.memory_old.astype(np.float32)
+    nearest = np.argsort(-(normalize(q) @ kept_new.T), axis=1)[:, :7]
+    expected = normalize(memory.adjoint.transform(q)) + 0.5 * normalize(kept_old[nearest].mean(axis=1))
+    np.testing.assert_allclose(memory.transform(q), expected, rtol=1e-4, atol=1e-5)
+    # the sample is the seeded one, and each kept row is a real pair (old and new of one item)
+    rows = [int(np.argmin(np.abs(normalize(new) - row).sum(axis=1))) for row in kept_new[:5]]
+    np.testing.assert_allclose(kept_old[:5], normalize(old)[rows], atol=2e-3)
+    plain = create("neighbour_memory", beta=0.0).fit(old, new, None, seed=2)
+    assert plain.notes["k"] == 30
+    adjoint = create("adjoint")
+    adjoint.fit(old, new, None, seed=2)
+    zero = create("neighbour_memory", beta=0.0)
+    zero.fit(old, new, None, seed=2)
+    np.testing.assert_allclose(zero.transform(q), normalize(adjoint.transform(q)), rtol=1e-5, atol=1e-6)
+    for bad in ({"k": 0}, {"beta": -1.0}, {"max_memory": 0}):
+        with pytest.raises(ValueError):
+            create("neighbour_memory", **bad).fit(old, new, None, seed=0)
+
+
 def test_auto_offers_trained_methods_only_where_they_were_measured_to_move(wordnet) -> None:
-    """~240 pairs: the trained methods are not fitted at all (each says why); auto is closed-form."""
+    """~240 pairs: the trained methods and the neighbour memory are not fitted at all (each says
+    why); auto is closed-form."""
     auto = create("auto")
     notes = auto.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0).notes
     assert set(notes["candidates"]) == {"procrustes", "affine", "adjoint"}
-    assert {n: v["reason"] for n, v in notes["not_ranked"].items()} == dict.fromkeys(TRAINED, "needs_pairs")
+    assert {n: v["reason"] for n, v in notes["not_ranked"].items()} == dict.fromkeys(
+        TRAINED | {"neighbour_memory"}, "needs_pairs")
     free = create("auto").fit(wordnet["old"], wordnet["new"], None, seed=0).notes["not_ranked"]
     assert free["oca"]["reason"] == "needs_labels" and free["bt2"]["reason"] == "needs_pairs"
 
@@ -154,9 +185,12 @@ def test_auto_screens_trained_candidates_on_the_first_fold_and_reports_every_one
     auto = create("auto", trained_min_pairs=0, **fast_params("auto"))
     report = auto.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0)
     notes = report.notes
-    # every offered candidate is either ranked or said to be dropped, never both
-    assert set(notes["candidates"]) | set(notes["not_ranked"]) == {"procrustes", "affine", "adjoint", *TRAINED}
+    # every candidate is either ranked or said to be dropped, never both; trained_min_pairs opens
+    # the gate for trained methods only (the neighbour memory keeps its own)
+    assert set(notes["candidates"]) | set(notes["not_ranked"]) == {"procrustes", "affine", "adjoint", *TRAINED,
+                                                                   "neighbour_memory"}
     assert not set(notes["candidates"]) & set(notes["not_ranked"])
+    assert notes["not_ranked"].pop("neighbour_memory")["reason"] == "needs_pairs"
     for name, why in notes["not_ranked"].items():
         assert name in TRAINED and why["reason"] in {"stayed_at_start", "screened_out"} and why["fit_seconds"] > 0
     stayed = {n for n, v in notes["not_ranked"].items() if v["reason"] == "stayed_at_start"}

@@ -72,8 +72,8 @@ def test_no_module_but_deps_reads_app_state() -> None:
 # ---- the method registry ----------------------------------------------------------------------
 def test_registry_is_the_one_list_of_methods() -> None:
     trained = ["lambda_orth", "oca", "bt2", "drift_lowrank", "drift_mlp", "rank_distill"]
-    assert list(METHODS) == ["procrustes", "affine", "adjoint", *trained, "slerp", "auto"]
-    assert candidates() == ["procrustes", "affine", "adjoint", *trained]
+    assert list(METHODS) == ["procrustes", "affine", "adjoint", *trained, "neighbour_memory", "slerp", "auto"]
+    assert candidates() == ["procrustes", "affine", "adjoint", *trained, "neighbour_memory"]
     assert [n for n, s in METHODS.items() if s.cls.trained] == trained
     assert baselines() == ["procrustes", "affine"]
     assert "slerp" not in servable() and set(candidates()) | {"auto"} == set(servable())

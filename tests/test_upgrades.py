@@ -92,6 +92,24 @@ def test_new_model_queries_match_the_offline_computation(client, live, upgraded)
     assert service > 0.8 * native, "new->old retrieval should be close to old/old"
 
 
+def test_a_map_with_a_memory_of_pairs_serves_as_its_saved_bundle_ranks_offline(client, live) -> None:
+    """neighbour_memory keeps training pairs in its bundle (float16, beside the adjoint's arrays):
+    trained through the API, new-model queries rank the gallery as the saved bundle does offline."""
+    names = (unique("v1"), unique("v2"), unique("g"))
+    uid = lineage_with_gallery(client, names, OLD, NEW, IDS, LABELS)
+    assert upload_pairs(client, uid, [IDS[i] for i in HALF], OLD[HALF], NEW[HALF]).status_code == 200
+    job = train(client, uid, method="neighbour_memory")
+    if not job["result"]["activated"]:
+        assert client.post(f"/v1/upgrades/{uid}/activate", json={"force": True}).status_code == 200
+    bundle = saved_bundle(live, uid)
+    memory = bundle.to_old
+    assert memory.name == "neighbour_memory" and 0 < len(memory.memory_new) < len(HALF)  # held-out pairs excluded
+    out = service_ranking(client, names[2], names[1], NEW[QUERIES], K)
+    expected = np.argsort(-(normalize(bundle.new_to_old(NEW[QUERIES])) @ normalize(OLD).T), axis=1)[:, :10]
+    agree = np.mean([g[:10] == [IDS[j] for j in e] for g, e in zip(ranked_ids(out), expected, strict=True)])
+    assert agree > 0.97  # float32 ties may swap a neighbour now and then
+
+
 def test_progressive_backfill_moves_items_without_duplicates(client, live, upgraded) -> None:
     v1, v2, coll = upgraded["names"]
     query_ids = [IDS[i] for i in QUERIES]
@@ -306,8 +324,9 @@ def test_auto_through_the_service_shows_every_candidate_and_why_the_others_were_
     assert set(ev["candidates"]) == {"procrustes", "affine", "adjoint"} and ev["selected"] in ev["candidates"]
     not_ranked = ev["candidates_not_ranked"]
     assert {n: v["reason"] for n, v in not_ranked.items()} == dict.fromkeys(
-        ["lambda_orth", "oca", "bt2", "drift_lowrank", "drift_mlp", "rank_distill"], "needs_pairs")
+        ["lambda_orth", "oca", "bt2", "drift_lowrank", "drift_mlp", "rank_distill", "neighbour_memory"], "needs_pairs")
     assert "auto: bt2 not ranked: offered from 5,000 fitting pairs" in job["log_tail"]
+    assert "auto: neighbour_memory not ranked: offered from 10,000 fitting pairs" in job["log_tail"]
     page = client.get(f"/dashboard/upgrades/{uid}")
     assert page.status_code == 200 and 'id="not-ranked"' in page.text
     assert "rank_distill (offered from 5,000" in page.text

@@ -1,9 +1,11 @@
 """Every compatibility method, one module each; importing this package registers them all.
 
 Closed form: procrustes (centred orthogonal map), affine (ridge), adjoint (ridge both ways,
-blended). Trained on frozen features: lambda_orth, oca, bt2. Needs the query in both models:
-slerp. Selection: auto (fits the candidates out-of-fold and keeps the best). A new method is a new
-module here that decorates its class with `@register_method` and is imported below.
+blended). Trained on frozen features: lambda_orth, oca, bt2, drift_lowrank, drift_mlp,
+rank_distill. With a memory of the pairs: neighbour_memory (the adjoint plus the old vectors of
+the query's nearest pairs). Needs the query in both models: slerp. Selection: auto (fits the
+candidates out-of-fold and keeps the best). A new method is a new module here that decorates its
+class with `@register_method` and is imported below.
 """
 # The import order below is the registration order, which is auto's candidate order: keep it
 # (pyproject exempts this file from import sorting).
@@ -17,5 +19,6 @@ from adapters.methods import bt2
 from adapters.methods import drift_lowrank
 from adapters.methods import drift_mlp
 from adapters.methods import rank_distill
+from adapters.methods import neighbour_memory
 from adapters.methods import slerp
 from adapters.methods import auto

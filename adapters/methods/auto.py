@@ -9,6 +9,8 @@ every scored query comes from a map that never saw its pair. Folds are scored un
 
 Which candidates are fitted at all (the cost of auto is the trained methods' fits):
 - a method that needs labels (oca) is not offered without them;
+- neighbour_memory is offered only from its `auto_min_pairs` (10,000) fitting pairs: a memory of
+  fewer pairs holds few neighbourhoods, and it was chosen and measured on 16k-20k;
 - a trained method is offered only when the fitting folds hold `auto_min_pairs` pairs (5,000;
   `trained_min_pairs` overrides it for every trained method): on
   ~1.4k fitting pairs every trained method stayed at its closed-form start or lost on held-out
