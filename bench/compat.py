@@ -95,7 +95,7 @@ def load_queries(dataset: str) -> dict[str, np.ndarray] | None:
 
 def load_wordnet(dataset: str = "wordnet-4k", items: int | None = None, seed: int = 0,
                  draw: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every model's vectors and the category labels; `items` draws that many rows at random.
+    """Every model's vectors the set has and the category labels; `items` draws that many rows at random.
 
     `draw` k > 0 takes the k-th sample disjoint from draws 0..k-1 (a fresh confirmation set once
     an earlier draw has been looked at); draw 0 is the sample earlier results were made on.
@@ -111,7 +111,7 @@ def load_wordnet(dataset: str = "wordnet-4k", items: int | None = None, seed: in
             rows = np.sort(np.random.default_rng(seed + k).choice(left, size=items, replace=False))
             left = np.setdiff1d(left, rows)
     vectors = {m: np.load(folder / f"text_{m}.npy")[rows].astype(np.float32)
-               for m in ("static64", "minilm", "e5", "mpnet")}
+               for m in ("static64", "minilm", "e5", "mpnet") if (folder / f"text_{m}.npy").exists()}
     return vectors, labels[rows]
 
 

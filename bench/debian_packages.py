@@ -21,10 +21,14 @@ Built from `apt-cache dumpavail` (every package of the configured suites) joined
   category), and a disjoint remainder file `rest.jsonl` for later fresh draws.
 
     python -m bench.debian_packages --fresh-draw 1    # -> debian-4k-draw1/: a disjoint sample
+    python -m bench.debian_packages --pairs-sample 10000 --models minilm,mpnet   # -> debian-4k-pairs/
 
 `--fresh-draw k` draws again, with seed k, from debian-4k's `rest.jsonl` (same cap per section,
 sections that still have `--min-section` packages there): a set no rule was chosen on, kept as the
 locked test draw (docs/benchmarks.md says which results were made on it, once).
+`--pairs-sample n` draws n packages at random (no cap per section) from the same remainder: the
+re-embedded sample of a gallery that `bench.label_free --train debian-4k-pairs --test debian-4k`
+fits on without labels (its labels are kept in items.jsonl but no fit reads them).
 """
 
 from __future__ import annotations
@@ -123,7 +127,18 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(ENCODERS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh-draw", type=int, default=0, help="k > 0: draw from <name>/rest.jsonl with seed k")
+    parser.add_argument("--pairs-sample", type=int, default=0,
+                        help="n > 0: n packages drawn at random (seed --seed) from <name>/rest.jsonl into "
+                             "<name>-pairs/, an unlabelled fitting set for bench.label_free, disjoint from <name>")
     args = parser.parse_args()
+    if args.pairs_sample:
+        rest = [json.loads(line) for line in (OUT / args.name / "rest.jsonl").open()]
+        order = np.random.default_rng(args.seed).permutation(len(rest))
+        chosen = [rest[i] for i in sorted(order[: args.pairs_sample])]
+        left = [rest[i] for i in sorted(order[args.pairs_sample :])]
+        write_set(OUT / f"{args.name}-pairs", chosen, left, args, {"drawn_from": f"{args.name}/rest.jsonl",
+                                                                   "seed": args.seed, "random": True})
+        return
     if args.fresh_draw:
         base = OUT / args.name
         if not (base / "rest.jsonl").exists():
@@ -162,8 +177,8 @@ def write_set(folder: Path, chosen: list[dict], rest: list[dict], args: argparse
         for p in rest:
             f.write(json.dumps(p) + "\n")
     labels = sorted({p["label"] for p in chosen})
-    print(f"{len(chosen)} drawn in {len(labels)} sections (<= {args.per_section} per section), {len(rest)} left",
-          flush=True)
+    cap = "at random" if meta.get("random") else f"<= {args.per_section} per section"
+    print(f"{len(chosen)} drawn in {len(labels)} sections ({cap}), {len(rest)} left", flush=True)
     texts = [p["text"] for p in chosen]
     for model in args.models.split(","):
         started = time.perf_counter()
