@@ -164,9 +164,10 @@ def test_neighbour_memory_adds_the_mean_old_vector_of_the_querys_nearest_pairs(w
     zero = create("neighbour_memory", beta=0.0)
     zero.fit(old, new, None, seed=2)
     np.testing.assert_allclose(zero.transform(q), normalize(adjoint.transform(q)), rtol=1e-5, atol=1e-6)
-    for bad in ({"k": 0}, {"beta": -1.0}, {"max_memory": 0}):
+    for bad in ({"k": 0}, {"k": 2.5}, {"k": True}, {"beta": -1.0}, {"beta": "0.5"}, {"beta": float("nan")},
+                {"max_memory": 0}):
         with pytest.raises(ValueError):
-            create("neighbour_memory", **bad).fit(old, new, None, seed=0)
+            create("neighbour_memory", **bad)  # refused at creation: the service answers 422 before a job
 
 
 def test_auto_offers_trained_methods_only_where_they_were_measured_to_move(wordnet) -> None:

@@ -306,7 +306,8 @@ def test_bad_training_requests(client, upgraded) -> None:
     uid = upgraded["uid"]
     for body, field in [({"method": "nope"}, "method"), ({"method": "slerp"}, "method"),
                         ({"method": "affine", "params": {"colour": 1}}, "params"),
-                        ({"method": "auto", "params": {"rank_by": "best"}}, "rank_by")]:
+                        ({"method": "auto", "params": {"rank_by": "best"}}, "rank_by"),
+                        ({"method": "neighbour_memory", "params": {"k": 2.5}}, "params")]:
         r = client.post(f"/v1/upgrades/{uid}/train", json=body)
         assert r.status_code == 422 and field in r.text, r.text
     assert client.post("/v1/upgrades/99999/train", json={}).status_code == 404

@@ -52,10 +52,19 @@ class NeighbourMemory(Adapter):
     def default_params(cls) -> dict:
         return {"k": 30, "beta": 0.5, "max_memory": 16_384}
 
+    def __init__(self, **params) -> None:
+        """Checked here, so that a training request with bad parameters is refused (422) before a job starts."""
+        super().__init__(**params)
+        for name in ("k", "max_memory"):
+            value = self.params[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{self.name}: {name} must be an integer >= 1, got {value!r}")
+        beta = self.params["beta"]
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta < float("inf"):
+            raise ValueError(f"{self.name}: beta must be a finite number >= 0, got {beta!r}")
+
     def _fit(self, x_old, x_new, labels, seed, progress: ProgressFn) -> FitReport:
-        k, beta, cap = int(self.params["k"]), float(self.params["beta"]), int(self.params["max_memory"])
-        if k < 1 or cap < 1 or beta < 0:
-            raise ValueError(f"{self.name}: k and max_memory must be >= 1 and beta >= 0, got {self.params}")
+        k, beta, cap = self.params["k"], float(self.params["beta"]), self.params["max_memory"]
         self.adjoint = Adjoint()
         inner = self.adjoint.fit(x_old, x_new, labels, seed=seed,
                                  progress=lambda f, m: progress(0.9 * f, m))
