@@ -22,6 +22,11 @@ from sqlalchemy import create_engine, text
 from service.cli.job_watch import wait_for_job  # noqa: F401  (re-exported for the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
+# The PostgreSQL server benchmarks create their throwaway databases on (its `test` database is only
+# the admin connection): NOBACKFILL_BENCH_PG_URL, else the suite's NOBACKFILL_TEST_PG_URL, else the
+# machine's trust-auth server.
+PG_ADMIN_URL = (os.environ.get("NOBACKFILL_BENCH_PG_URL")
+                or os.environ.get("NOBACKFILL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
 
 
 def free_port() -> int:
@@ -169,7 +174,7 @@ def wait_for_index(client: httpx.Client, collection: str, timeout: float = 3_600
 
 
 @contextmanager
-def pg_database(admin_url: str, prefix: str) -> Iterator[str]:
+def pg_database(prefix: str, admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
     """A fresh, empty PostgreSQL database on `admin_url`'s server for one run; its URL. Dropped after."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import tempfile
 import threading
@@ -52,7 +51,6 @@ BATCH = 40
 REWRITES = 10
 IVF_TRAIN_MIN = 4_000
 WIDE_DIM = 256
-PG_ADMIN = os.environ.get("NOBACKFILL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SCENARIOS = ("ingest", "training", "rebuild")
 
 
@@ -197,7 +195,7 @@ def database(kind: str, workdir: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{workdir / 'faults.db'}"
         return
-    with pg_database(PG_ADMIN, "nobackfill_faults") as url:
+    with pg_database("nobackfill_faults") as url:
         yield url
 
 

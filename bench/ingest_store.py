@@ -5,7 +5,7 @@ store replicas share), side by side in one run.
     python -m bench.ingest_store --n 20000 --rounds 1
 
 Each round starts a fresh `nobackfill serve` per store (PostgreSQL: a fresh database on the
-server of NOBACKFILL_TEST_PG_URL, dropped afterwards) and upserts the same vectors through the
+server of bench.common.PG_ADMIN_URL, dropped afterwards) and upserts the same vectors through the
 Python client (5,000 items a batch, its default of two in flight) into a flat index, so the
 numbers are the write path's (HTTP, validation, the database commit, the index add), not an index
 build's. Vectors per second until the last batch is acknowledged; the median over rounds is
@@ -25,18 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import Service, pg_database
+from bench.common import ROOT, Service, pg_database
 from nobackfill.client import Client
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PG_ADMIN_URL = os.environ.get("NOBACKFILL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def ingest_once(store: str, x: np.ndarray, batch: int) -> float:
     """Vectors per second through a fresh service on `store` ("sqlite" or "postgresql")."""
     with ExitStack() as stack:
-        env = ({"NOBACKFILL_DATABASE_URL": stack.enter_context(pg_database(PG_ADMIN_URL, "nobackfill_bench"))}
+        env = ({"NOBACKFILL_DATABASE_URL": stack.enter_context(pg_database("nobackfill_bench"))}
                if store == "postgresql" else {})
         service = Service(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nb-ingest-"))), **env)
         stack.callback(service.stop)

@@ -140,6 +140,13 @@ def _test_loss(report: dict, pick: str) -> float:
     return max(max(m[b]["new/old"][k] for b in baselines()) - m[pick]["new/old"][k] for k in ("top1", "mAP@R"))
 
 
+def _baselines_apart(report: dict, tolerance: float) -> bool:
+    """Whether the closed-form baselines differ by more than `tolerance` on the test set (either metric)."""
+    m = report["methods"]
+    return any(max(m[b]["new/old"][k] for b in baselines()) - min(m[b]["new/old"][k] for b in baselines())
+               > tolerance for k in ("top1", "mAP@R"))
+
+
 def floor_table(files: list[Path], tolerance: float = 0.005) -> None:
     """The noise floor under issue #15's zero-loss target: per file, the runs in which a choice
     ends more than `tolerance` below the better baseline on the test set, for auto as it ran and
@@ -160,12 +167,7 @@ def floor_table(files: list[Path], tolerance: float = 0.005) -> None:
         cells = [f"{sum(_test_loss(r['report'], pick(r['report'])) > tolerance for r in runs)} of {len(runs)}"
                  for runs in sets]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    def baselines_apart(report: dict) -> bool:
-        m = report["methods"]
-        return any(max(m[b]["new/old"][k] for b in baselines()) - min(m[b]["new/old"][k] for b in baselines())
-                   > tolerance for k in ("top1", "mAP@R"))
-
-    apart = [f"{sum(baselines_apart(r['report']) for r in runs)} of {len(runs)}" for runs in sets]
+    apart = [f"{sum(_baselines_apart(r['report'], tolerance) for r in runs)} of {len(runs)}" for runs in sets]
     print("| (the baselines differ by more than that on test) | " + " | ".join(apart) + " |")
 
 

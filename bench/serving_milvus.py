@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import LeanClient, Service, b64, free_port, tree_cpu_seconds, wait_for_index, wait_quiet
+from bench.common import LeanClient, Service, b64, free_port, stop_process, tree_cpu_seconds, wait_for_index, wait_quiet
 from index.milvus.backend import GRPC_OPTIONS
 from nobackfill.client import Client
 
@@ -77,7 +77,23 @@ def recall_at_10(got: list[list[int]], want: np.ndarray) -> float:
     return float(np.mean([len(set(g[:10]) & set(w[:10].tolist())) / 10 for g, w in zip(got, want, strict=True)]))
 
 
-class RawMilvus:
+class Contestant:
+    """What the run measures every system by: its processes by role (the client runs in this
+    process and is not counted), and stopping them."""
+
+    name: str
+
+    def roles(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        return list(self.roles().values())
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class RawMilvus(Contestant):
     name = "pymilvus (raw)"
 
     def __init__(self, data_dir: Path, dim: int, ef: int) -> None:
@@ -101,15 +117,10 @@ class RawMilvus:
         self.client.flush("raw_bench")  # sealed: Milvus Lite brute-forces unflushed rows
 
     def roles(self) -> dict[str, int]:
-        """The system's processes by role (its client runs in this process and is not counted)."""
         return {"milvus server": self.server.pid}
 
-    def pids(self) -> list[int]:
-        return list(self.roles().values())
-
     def stop(self) -> None:
-        self.server.terminate()
-        self.server.wait(timeout=60)
+        stop_process(self.server)
 
     def searcher(self):
         from pymilvus import MilvusClient
@@ -124,7 +135,7 @@ class RawMilvus:
         return search
 
 
-class Nobackfill:
+class Nobackfill(Contestant):
     def __init__(self, name: str, data_dir: Path, ef: int, milvus: bool) -> None:
         self.name, self.data_dir, self.ef = name, data_dir, ef
         self.server, self.env = None, {}
@@ -135,17 +146,12 @@ class Nobackfill:
         self.service = Service(data_dir / "service", **self.env)
 
     def roles(self) -> dict[str, int]:
-        """The system's processes by role (its client runs in this process and is not counted)."""
         return {"service": self.service.proc.pid, **({"milvus server": self.server.pid} if self.server else {})}
-
-    def pids(self) -> list[int]:
-        return list(self.roles().values())
 
     def stop(self) -> None:
         self.service.stop()
         if self.server:
-            self.server.terminate()
-            self.server.wait(timeout=60)
+            stop_process(self.server)
 
     def setup(self, dim: int) -> None:
         with httpx.Client(base_url=self.service.url, timeout=600) as c:
@@ -197,7 +203,7 @@ def run(n: int, dim: int, n_queries: int, ef: int, out: Path | None) -> dict:
     queries = query_vectors(x, n_queries)
     exact = np.argsort(-(queries @ x.T), axis=1)[:, :10]
     tmp = Path(tempfile.mkdtemp(prefix="nb-milvus-bench-"))
-    systems: list = []
+    systems: list[Contestant] = []
     try:
         raw = RawMilvus(tmp / "raw", dim, ef)
         systems.append(raw)

@@ -3,8 +3,8 @@
     python -m bench.storage                  # 20k x 384 through the service (PostgreSQL + Milvus Lite)
     python -m bench.storage --n 50000 --dim 768
 
-Starts `nobackfill serve` on a fresh PostgreSQL database (NOBACKFILL_BENCH_PG_URL, default the
-machine's trust-auth server) with the Milvus backend (embedded Milvus Lite under a temp dir),
+Starts `nobackfill serve` on a fresh PostgreSQL database (on bench.common.PG_ADMIN_URL's server)
+with the Milvus backend (embedded Milvus Lite under a temp dir),
 ingests `n` vectors over HTTP, stops the service cleanly, then reads PostgreSQL's relation sizes
 (`pg_total_relation_size`: heap + TOAST + indexes) and the Milvus Lite data directory's size on
 disk. Milvus Lite's disk layout is not a Milvus cluster's memory (docs/scale.md has that
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +27,6 @@ from bench.common import Service, b64, pg_database, wait_for_index
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PG_ADMIN = os.environ.get("NOBACKFILL_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def directory_bytes(path: Path) -> int:
@@ -45,7 +43,7 @@ def main() -> None:
     x, source = gallery_vectors(args.n, args.dim)
     tmp = Path(tempfile.mkdtemp(prefix="nb-storage-"))
     try:
-        with pg_database(PG_ADMIN, "nobackfill_storage") as url:
+        with pg_database("nobackfill_storage") as url:
             service = Service(tmp / "data", NOBACKFILL_DATABASE_URL=url, NOBACKFILL_INDEX_BACKEND="milvus")
             try:
                 with httpx.Client(base_url=service.url, timeout=600) as c:

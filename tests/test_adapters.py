@@ -154,15 +154,13 @@ def test_neighbour_memory_adds_the_mean_old_vector_of_the_querys_nearest_pairs(w
     nearest = np.argsort(-(normalize(q) @ kept_new.T), axis=1)[:, :7]
     expected = normalize(memory.adjoint.transform(q)) + 0.5 * normalize(kept_old[nearest].mean(axis=1))
     np.testing.assert_allclose(memory.transform(q), expected, rtol=1e-4, atol=1e-5)
-    # the sample is the seeded one, and each kept row is a real pair (old and new of one item)
+    # each kept row is a real pair: the old and the new vector of one item
     rows = [int(np.argmin(np.abs(normalize(new) - row).sum(axis=1))) for row in kept_new[:5]]
     np.testing.assert_allclose(kept_old[:5], normalize(old)[rows], atol=2e-3)
-    plain = create("neighbour_memory", beta=0.0).fit(old, new, None, seed=2)
-    assert plain.notes["k"] == 30
     adjoint = create("adjoint")
     adjoint.fit(old, new, None, seed=2)
     zero = create("neighbour_memory", beta=0.0)
-    zero.fit(old, new, None, seed=2)
+    assert zero.fit(old, new, None, seed=2).notes["k"] == 30
     np.testing.assert_allclose(zero.transform(q), normalize(adjoint.transform(q)), rtol=1e-5, atol=1e-6)
     for bad in ({"k": 0}, {"k": 2.5}, {"k": True}, {"beta": -1.0}, {"beta": "0.5"}, {"beta": float("nan")},
                 {"max_memory": 0}):
