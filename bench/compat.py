@@ -85,12 +85,14 @@ def dataset_dir(dataset: str) -> Path:
 
 
 def load_queries(dataset: str) -> dict[str, np.ndarray] | None:
-    """The asymmetric task's queries where the set has them: WordNet-4k's words (`pair_<model>.npy`,
-    row i is item i's word), embedded by each model; None elsewhere."""
-    folder = dataset_dir(dataset)
-    if not (folder / "pair_minilm.npy").exists():
-        return None
-    return {m: np.load(folder / f"pair_{m}.npy").astype(np.float32) for m in ("static64", "minilm", "e5", "mpnet")}
+    """The asymmetric task's queries where the set has them: a WordNet set's words (`pair_<model>.npy`,
+    row i is item i's word), embedded by each model -- shipped with wordnet-4k, built for wordnet-20k
+    by bench.wordnet_queries; None elsewhere."""
+    for folder in (dataset_dir(dataset), BUILT / dataset):
+        if (folder / "pair_minilm.npy").exists():
+            return {m: np.load(folder / f"pair_{m}.npy").astype(np.float32)
+                    for m in ("static64", "minilm", "e5", "mpnet")}
+    return None
 
 
 def load_wordnet(dataset: str = "wordnet-4k", items: int | None = None, seed: int = 0,

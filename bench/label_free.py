@@ -21,6 +21,12 @@ affine) on top-1 and mAP@R; asymmetric Recall@10 >= 0.95 x new/new. Writes bench
 runs the same on the second domain (bench.debian_packages --pairs-sample: packages disjoint from
 debian-4k, fitted without labels; no word queries there, so no asymmetric task), writing
 bench/results/label_free_<test>.json.
+
+    python -m bench.wordnet_queries && python -m bench.label_free --query-pairs
+
+fits on query pairs too: WordNet-20k's 20k words embedded by both models beside its 20k
+definitions (40k pairs), as a team would add a re-embedded sample of its query log; writes
+label_free_query_pairs.json. The test words are WordNet-4k's, which no fit sees.
 """
 
 from __future__ import annotations
@@ -50,14 +56,20 @@ def asymmetric(queries: np.ndarray, gallery: np.ndarray) -> dict[str, float]:
     return {"R@1": m.recall_at_1, "R@10": m.recall_at_10, "MRR": m.mrr}
 
 
-def run_pair(pair: str, methods: list[str], log, train_set: str = "wordnet-20k", test_set: str = "wordnet-4k") -> dict:
+def run_pair(pair: str, methods: list[str], log, train_set: str = "wordnet-20k", test_set: str = "wordnet-4k",
+             query_pairs: bool = False) -> dict:
     old, new = pair.split(":")
     train, _ = load_wordnet(train_set)
+    if query_pairs:  # the fitting set's words as further pairs: a re-embedded sample of the query log
+        train_words = load_queries(train_set)
+        if train_words is None:
+            raise SystemExit(f"{train_set} has no word queries (python -m bench.wordnet_queries builds them)")
+        train = {m: np.vstack([train[m], train_words[m]]) for m in (old, new)}
     test, labels = load_wordnet(test_set)
     words = load_queries(test_set)  # the asymmetric task, where the test set has word queries
     words_new = None if words is None else words[new]
-    out = {"pair": pair, "train": train_set, "test": test_set, "train_pairs": len(train[old]),
-           "test_items": len(labels),
+    out = {"pair": pair, "train": train_set, "test": test_set, "query_pairs": query_pairs,
+           "train_pairs": len(train[old]), "test_items": len(labels),
            "old/old": symmetric(test[old], test[old], labels), "new/new": symmetric(test[new], test[new], labels),
            "methods": {}}
     if words_new is not None:
@@ -140,13 +152,17 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--train", default="wordnet-20k", help="the unlabelled fitting pairs' data set")
     parser.add_argument("--test", default="wordnet-4k", help="the labelled test set no fit sees")
+    parser.add_argument("--query-pairs", action="store_true",
+                        help="fit on the training set's words too (bench.wordnet_queries): definitions + words pairs")
     args = parser.parse_args()
-    results = [run_pair(p, args.methods.split(","), lambda m: print(m, flush=True), args.train, args.test)
+    results = [run_pair(p, args.methods.split(","), lambda m: print(m, flush=True), args.train, args.test,
+                        args.query_pairs)
                for p in args.pairs.split(",")]
     text = table(results)
     print("\n" + text)
     default = (args.train, args.test) == ("wordnet-20k", "wordnet-4k")
-    out = RESULTS / ("label_free.json" if default else f"label_free_{args.test}.json")
+    name = "label_free" if default else f"label_free_{args.test}"
+    out = RESULTS / (name + ("_query_pairs" if args.query_pairs else "") + ".json")
     out.write_text(json.dumps(_jsonable({"results": results}), indent=2) + "\n")
     out.with_suffix(".md").write_text(text)
     print(f"wrote {out} and {out.with_suffix('.md')}")

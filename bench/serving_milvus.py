@@ -101,14 +101,19 @@ class RawMilvus(Contestant):
 
         self.server, uri = start_milvus_server(data_dir)
         self.uri, self.ef = uri, ef
-        self.client = MilvusClient(uri=uri, dedicated=True, grpc_options=GRPC_OPTIONS)
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        index = self.client.prepare_index_params()
-        index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE",
-                        params={"params": {"M": 32, "efConstruction": 80}})
-        self.client.create_collection("raw_bench", schema=schema, index_params=index, consistency_level="Strong")
+        try:  # a failure here must not leave the server running
+            self.client = MilvusClient(uri=uri, dedicated=True, grpc_options=GRPC_OPTIONS)
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            index = self.client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE",
+                            params={"params": {"M": 32, "efConstruction": 80}})
+            self.client.create_collection("raw_bench", schema=schema, index_params=index,
+                                          consistency_level="Strong")
+        except BaseException:
+            stop_process(self.server)
+            raise
 
     def ingest(self, x: np.ndarray, batch: int = 5_000) -> None:
         for start in range(0, len(x), batch):
@@ -143,7 +148,12 @@ class Nobackfill(Contestant):
             self.server, uri = start_milvus_server(data_dir / "milvus-server")
             self.env = {"NOBACKFILL_INDEX_BACKEND": "milvus", "NOBACKFILL_MILVUS_URI": uri,
                         "NOBACKFILL_MILVUS_PREFIX": "nb_"}
-        self.service = Service(data_dir / "service", **self.env)
+        try:
+            self.service = Service(data_dir / "service", **self.env)
+        except BaseException:
+            if self.server:
+                stop_process(self.server)
+            raise
 
     def roles(self) -> dict[str, int]:
         return {"service": self.service.proc.pid, **({"milvus server": self.server.pid} if self.server else {})}
