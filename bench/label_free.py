@@ -117,8 +117,9 @@ def table(results: list[dict]) -> str:
     names = list(results[0]["methods"])
     head = "| old → new | new/new | " + " | ".join(names) + " |"
     first = results[0]
+    kind = ", definitions + words" if first.get("query_pairs") else ""
     lines = [f"new/old top-1 / mAP@R on {first['test']} (fitted on {first['train_pairs']:,} unlabelled "
-             f"{first['train']} pairs); recovery = new/old ÷ new/new top-1 in brackets", "", head,
+             f"{first['train']} pairs{kind}); recovery = new/old ÷ new/new top-1 in brackets", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         cells = [f"{m['new/old']['top1']:.3f} / {m['new/old']['mAP@R']:.4f} ({m['recovery_top1']:.2f})"
