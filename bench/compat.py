@@ -88,10 +88,10 @@ def load_queries(dataset: str) -> dict[str, np.ndarray] | None:
     """The asymmetric task's queries where the set has them: a WordNet set's words (`pair_<model>.npy`,
     row i is item i's word), embedded by each model -- shipped with wordnet-4k, built for wordnet-20k
     by bench.wordnet_queries; None elsewhere."""
+    models = ("static64", "minilm", "e5", "mpnet")
     for folder in (dataset_dir(dataset), BUILT / dataset):
-        if (folder / "pair_minilm.npy").exists():
-            return {m: np.load(folder / f"pair_{m}.npy").astype(np.float32)
-                    for m in ("static64", "minilm", "e5", "mpnet")}
+        if all((folder / f"pair_{m}.npy").exists() for m in models):  # not a half-built set
+            return {m: np.load(folder / f"pair_{m}.npy").astype(np.float32) for m in models}
     return None
 
 

@@ -27,6 +27,12 @@ bench/results/label_free_<test>.json.
 fits on query pairs too: WordNet-20k's 20k words embedded by both models beside its 20k
 definitions (40k pairs), as a team would add a re-embedded sample of its query log; writes
 label_free_query_pairs.json. The test words are WordNet-4k's, which no fit sees.
+
+    python -m bench.label_free --dev [--query-pairs]
+
+tests on the development split instead (16,000 WordNet-20k pairs fitted, the other 4,000 items
+scored with their labels and, with bench.wordnet_queries' files, their words): where choices are
+made before WordNet-4k is looked at; writes label_free_dev_wordnet-20k[_query_pairs].json.
 """
 
 from __future__ import annotations
@@ -56,18 +62,42 @@ def asymmetric(queries: np.ndarray, gallery: np.ndarray) -> dict[str, float]:
     return {"R@1": m.recall_at_1, "R@10": m.recall_at_10, "MRR": m.mrr}
 
 
+DEV_HELD_OUT = 4_000  # --dev: items of the training set held out (seed-0 permutation), the rest fitted
+
+
+Vectors = dict[str, np.ndarray]
+
+
+def load_sets(train_set: str, test_set: str, dev: bool) -> tuple[Vectors, Vectors | None, Vectors, np.ndarray,
+                                                                  Vectors | None]:
+    """(fitting vectors, fitting words or None, test vectors, test labels, test words or None).
+    With `dev` the test set is the development split: the last DEV_HELD_OUT rows of a seed-0
+    permutation of the training set, the fit takes the others (how rules are chosen before a test set
+    is looked at; docs/adapters.md)."""
+    train, train_labels = load_wordnet(train_set)
+    train_words = load_queries(train_set)
+    if not dev:
+        test, labels = load_wordnet(test_set)
+        return train, train_words, test, labels, load_queries(test_set)
+    order = np.random.default_rng(0).permutation(len(train_labels))
+    fit, held = np.sort(order[:-DEV_HELD_OUT]), np.sort(order[-DEV_HELD_OUT:])
+
+    def part(vectors: Vectors | None, rows: np.ndarray) -> Vectors | None:
+        return None if vectors is None else {m: v[rows] for m, v in vectors.items()}
+
+    return part(train, fit), part(train_words, fit), part(train, held), train_labels[held], part(train_words, held)
+
+
 def run_pair(pair: str, methods: list[str], log, train_set: str = "wordnet-20k", test_set: str = "wordnet-4k",
-             query_pairs: bool = False) -> dict:
+             query_pairs: bool = False, dev: bool = False) -> dict:
     old, new = pair.split(":")
-    train, _ = load_wordnet(train_set)
+    train, train_words, test, labels, words = load_sets(train_set, test_set, dev)
     if query_pairs:  # the fitting set's words as further pairs: a re-embedded sample of the query log
-        train_words = load_queries(train_set)
         if train_words is None:
             raise SystemExit(f"{train_set} has no word queries (python -m bench.wordnet_queries builds them)")
         train = {m: np.vstack([train[m], train_words[m]]) for m in (old, new)}
-    test, labels = load_wordnet(test_set)
-    words = load_queries(test_set)  # the asymmetric task, where the test set has word queries
-    words_new = None if words is None else words[new]
+    words_new = None if words is None else words[new]  # the asymmetric task, where the test set has words
+    test_set = f"{train_set} development split" if dev else test_set
     out = {"pair": pair, "train": train_set, "test": test_set, "query_pairs": query_pairs,
            "train_pairs": len(train[old]), "test_items": len(labels),
            "old/old": symmetric(test[old], test[old], labels), "new/new": symmetric(test[new], test[new], labels),
@@ -155,14 +185,18 @@ def main() -> None:
     parser.add_argument("--test", default="wordnet-4k", help="the labelled test set no fit sees")
     parser.add_argument("--query-pairs", action="store_true",
                         help="fit on the training set's words too (bench.wordnet_queries): definitions + words pairs")
+    parser.add_argument("--dev", action="store_true",
+                        help=f"test on the training set's development split ({DEV_HELD_OUT:,} items held out), "
+                             "not on --test")
     args = parser.parse_args()
     results = [run_pair(p, args.methods.split(","), lambda m: print(m, flush=True), args.train, args.test,
-                        args.query_pairs)
+                        args.query_pairs, args.dev)
                for p in args.pairs.split(",")]
     text = table(results)
     print("\n" + text)
     default = (args.train, args.test) == ("wordnet-20k", "wordnet-4k")
     name = "label_free" if default else f"label_free_{args.test}"
+    name = f"label_free_dev_{args.train}" if args.dev else name
     out = RESULTS / (name + ("_query_pairs" if args.query_pairs else "") + ".json")
     out.write_text(json.dumps(_jsonable({"results": results}), indent=2) + "\n")
     out.with_suffix(".md").write_text(text)
