@@ -68,14 +68,14 @@ DEV_HELD_OUT = 4_000  # --dev: items of the training set held out (seed-0 permut
 Vectors = dict[str, np.ndarray]
 
 
-def load_sets(train_set: str, test_set: str, dev: bool) -> tuple[Vectors, Vectors | None, Vectors, np.ndarray,
-                                                                  Vectors | None]:
+def load_sets(train_set: str, test_set: str, dev: bool,
+              query_pairs: bool) -> tuple[Vectors, Vectors | None, Vectors, np.ndarray, Vectors | None]:
     """(fitting vectors, fitting words or None, test vectors, test labels, test words or None).
     With `dev` the test set is the development split: the last DEV_HELD_OUT rows of a seed-0
     permutation of the training set, the fit takes the others (how rules are chosen before a test set
-    is looked at; docs/adapters.md)."""
+    is looked at; docs/adapters.md). The training set's words are read only where they are used."""
     train, train_labels = load_wordnet(train_set)
-    train_words = load_queries(train_set)
+    train_words = load_queries(train_set) if dev or query_pairs else None
     if not dev:
         test, labels = load_wordnet(test_set)
         return train, train_words, test, labels, load_queries(test_set)
@@ -91,7 +91,7 @@ def load_sets(train_set: str, test_set: str, dev: bool) -> tuple[Vectors, Vector
 def run_pair(pair: str, methods: list[str], log, train_set: str = "wordnet-20k", test_set: str = "wordnet-4k",
              query_pairs: bool = False, dev: bool = False) -> dict:
     old, new = pair.split(":")
-    train, train_words, test, labels, words = load_sets(train_set, test_set, dev)
+    train, train_words, test, labels, words = load_sets(train_set, test_set, dev, query_pairs)
     if query_pairs:  # the fitting set's words as further pairs: a re-embedded sample of the query log
         if train_words is None:
             raise SystemExit(f"{train_set} has no word queries (python -m bench.wordnet_queries builds them)")

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import LeanClient, Service, b64, wait_quiet
+from bench.common import ROOT, LeanClient, Service, b64, wait_quiet
 from bench.peers import K, NobackfillSystem
 from bench.serving import gallery_vectors
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"defaults": {}, "hit cache off": {"NOBACKFILL_HIT_CACHE_ITEMS": "0"},
            "heap trim off": {"NOBACKFILL_HEAP_TRIM_IDLE_SECONDS": "0"}}
 QUERIES = 1_000

@@ -46,12 +46,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import LeanClient, Service, b64, free_port, stop_process, wait_for_index, wait_quiet
+from bench.common import ROOT, LeanClient, Service, b64, free_port, stop_process, wait_for_index, wait_quiet
 from bench.serving_milvus import percentiles, qps, recall_at_10, start_milvus_server
 from index.milvus.backend import GRPC_OPTIONS
 from nobackfill.client import Client
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 HNSW = {"M": 32, "ef_construction": 80, "ef_search": 64}
 K = 10

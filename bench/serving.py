@@ -42,9 +42,8 @@ import faiss
 import httpx
 import numpy as np
 
-from bench.common import LeanClient, Service, b64, wait_for_index, wait_for_job
+from bench.common import ROOT, LeanClient, Service, b64, wait_for_index, wait_for_job
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
 

@@ -39,11 +39,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import LeanClient, Service, b64, free_port, stop_process, tree_cpu_seconds, wait_for_index, wait_quiet
+from bench.common import (
+    ROOT,
+    LeanClient,
+    Service,
+    b64,
+    free_port,
+    stop_process,
+    tree_cpu_seconds,
+    wait_for_index,
+    wait_quiet,
+)
 from index.milvus.backend import GRPC_OPTIONS
 from nobackfill.client import Client
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ROUNDS = 3
 

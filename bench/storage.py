@@ -23,9 +23,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from bench.common import Service, b64, pg_database, wait_for_index
+from bench.common import ROOT, Service, b64, pg_database, wait_for_index
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -20,7 +20,7 @@ labels, all five encoder pairs of bench.compat, 2026-12-07: every pair above the
 and mAP@R there; docs/adapters.md), never on WordNet-4k, which bench.label_free reports on.
 Memory: at most `max_memory` pairs (a seeded random sample), kept as float16, so a bundle is about
 2 * (d_new + d_old) bytes per pair (16,384 pairs of 768 + 384 dims: 38 MB; twice that in memory once
-loaded, widened to float32 for searching) and a query costs one (memory x d_new) product: 0.94 ms
+loaded, where it is kept widened to float32 for searching) and a query costs one (memory x d_new) product: 0.94 ms
 a single query at 16k x 768 on this 2-core machine, against 0.04 ms for the adjoint alone. With few
 pairs the memory holds few neighbourhoods, hence `auto` offers it only from `auto_min_pairs`
 fitting pairs.
@@ -83,14 +83,24 @@ class NeighbourMemory(Adapter):
         return base + float(self.params["beta"]) * self._neighbour_means(normalize(x_new))
 
     def _keep(self, memory_new: np.ndarray, memory_old: np.ndarray) -> None:
-        """Store the memory as float16 (what a bundle holds) and widen it once for searching: widening
-        per call cost ~25 ms a query at 16k x 768."""
-        self.memory_new, self.memory_old = memory_new, memory_old
-        self._search_new, self._search_old = memory_new.astype(np.float32), memory_old.astype(np.float32)
+        """Keep the float16 memory (what a bundle holds) widened once to float32 for searching: widening
+        per call cost ~25 ms a query at 16k x 768. Only the widened copy is kept; the float16 form is
+        derived from it exactly when a bundle is saved."""
+        self._memory_new, self._memory_old = memory_new.astype(np.float32), memory_old.astype(np.float32)
+
+    @property
+    def memory_new(self) -> np.ndarray:
+        """The kept pairs' new vectors as a bundle stores them (float16)."""
+        return self._memory_new.astype(np.float16)
+
+    @property
+    def memory_old(self) -> np.ndarray:
+        """The kept pairs' old vectors as a bundle stores them (float16)."""
+        return self._memory_old.astype(np.float16)
 
     def _neighbour_means(self, q: np.ndarray) -> np.ndarray:
         """Per query: the normalised mean old vector of its k nearest memory pairs (by the new model)."""
-        memory_new, memory_old = self._search_new, self._search_old
+        memory_new, memory_old = self._memory_new, self._memory_old
         k = min(int(self.params["k"]), len(memory_new))
         out = np.empty((len(q), memory_old.shape[1]), dtype=np.float32)
         for start in range(0, len(q), QUERY_CHUNK):
