@@ -45,6 +45,7 @@ import numpy as np
 
 from adapters import baselines, create
 from adapters.metrics import pairing_metrics, retrieval_metrics
+from adapters.pair_selection import pairs_near_gallery
 from bench.compat import PAIRS, RESULTS, load_queries, load_wordnet
 from service.cli.evaluate import _jsonable
 
@@ -68,19 +69,28 @@ DEV_HELD_OUT = 4_000  # --dev: items of the training set held out (seed-0 permut
 Vectors = dict[str, np.ndarray]
 
 
-def load_sets(train_set: str, test_set: str, dev: bool,
-              query_pairs: bool) -> tuple[Vectors, Vectors | None, Vectors, np.ndarray, Vectors | None]:
+def load_sets(train_set: str, test_set: str, dev: bool, query_pairs: bool, dev_per_category: int | None = None,
+              ) -> tuple[Vectors, Vectors | None, Vectors, np.ndarray, Vectors | None]:
     """(fitting vectors, fitting words or None, test vectors, test labels, test words or None).
     With `dev` the test set is the development split: the last DEV_HELD_OUT rows of a seed-0
     permutation of the training set, the fit takes the others (how rules are chosen before a test set
-    is looked at; docs/adapters.md). The training set's words are read only where they are used."""
+    is looked at; docs/adapters.md). With `dev_per_category` as well, the held-out rows are instead
+    the first that many of each category in that permutation (at most half of a category, so every
+category keeps pairs to fit on): a category-balanced gallery against
+    naturally distributed pairs, the shift WordNet-4k (<= 100 per category) has against WordNet-20k.
+    The training set's words are read only where they are used."""
     train, train_labels = load_wordnet(train_set)
     train_words = load_queries(train_set) if dev or query_pairs else None
     if not dev:
         test, labels = load_wordnet(test_set)
         return train, train_words, test, labels, load_queries(test_set)
     order = np.random.default_rng(0).permutation(len(train_labels))
-    fit, held = np.sort(order[:-DEV_HELD_OUT]), np.sort(order[-DEV_HELD_OUT:])
+    if dev_per_category is None:
+        fit, held = np.sort(order[:-DEV_HELD_OUT]), np.sort(order[-DEV_HELD_OUT:])
+    else:
+        members = [order[train_labels[order] == c] for c in np.unique(train_labels)]
+        held = np.sort(np.concatenate([m[: min(dev_per_category, len(m) // 2)] for m in members]))
+        fit = np.setdiff1d(np.arange(len(train_labels)), held)
 
     def part(vectors: Vectors | None, rows: np.ndarray) -> Vectors | None:
         return None if vectors is None else {m: v[rows] for m, v in vectors.items()}
@@ -89,17 +99,23 @@ def load_sets(train_set: str, test_set: str, dev: bool,
 
 
 def run_pair(pair: str, methods: list[str], log, train_set: str = "wordnet-20k", test_set: str = "wordnet-4k",
-             query_pairs: bool = False, dev: bool = False) -> dict:
+             query_pairs: bool = False, dev: bool = False, dev_per_category: int | None = None,
+             near_gallery: int | None = None) -> dict:
     old, new = pair.split(":")
-    train, train_words, test, labels, words = load_sets(train_set, test_set, dev, query_pairs)
+    train, train_words, test, labels, words = load_sets(train_set, test_set, dev, query_pairs, dev_per_category)
     if query_pairs:  # the fitting set's words as further pairs: a re-embedded sample of the query log
         if train_words is None:
             raise SystemExit(f"{train_set} has no word queries (python -m bench.wordnet_queries builds them)")
         train = {m: np.vstack([train[m], train_words[m]]) for m in (old, new)}
+    if near_gallery is not None:  # fit where the gallery is: chosen by the gallery's old vectors only
+        rows = pairs_near_gallery(train[old], test[old], near_gallery)
+        train = {m: train[m][rows] for m in (old, new)}
     words_new = None if words is None else words[new]  # the asymmetric task, where the test set has words
-    test_set = f"{train_set} development split" if dev else test_set
+    if dev:
+        balanced = f", <= {dev_per_category} per category" if dev_per_category else ""
+        test_set = f"{train_set} development split{balanced}"
     out = {"pair": pair, "train": train_set, "test": test_set, "query_pairs": query_pairs,
-           "train_pairs": len(train[old]), "test_items": len(labels),
+           "near_gallery": near_gallery, "train_pairs": len(train[old]), "test_items": len(labels),
            "old/old": symmetric(test[old], test[old], labels), "new/new": symmetric(test[new], test[new], labels),
            "methods": {}}
     if words_new is not None:
@@ -150,6 +166,8 @@ def table(results: list[dict]) -> str:
     head = "| old → new | new/new | " + " | ".join(names) + " |"
     first = results[0]
     kind = ", definitions + words" if first.get("query_pairs") else ""
+    if first.get("near_gallery"):
+        kind += f", those among the {first['near_gallery']} nearest of a test item by the old model"
     lines = [f"new/old top-1 / mAP@R on {first['test']} (fitted on {first['train_pairs']:,} unlabelled "
              f"{first['train']} pairs{kind}); recovery = new/old ÷ new/new top-1 in brackets", "", head,
              "|" + "---|" * (head.count("|") - 1)]
@@ -191,16 +209,26 @@ def main() -> None:
     parser.add_argument("--dev", action="store_true",
                         help=f"test on the training set's development split ({DEV_HELD_OUT:,} items held out), "
                              "not on --test")
+    parser.add_argument("--dev-per-category", type=int, default=None,
+                        help="with --dev: hold out up to this many items of each category instead (a balanced gallery)")
+    parser.add_argument("--near-gallery", type=int, default=None, metavar="M",
+                        help="fit only on the training pairs among the M nearest (old model) of a test gallery item "
+                             "(adapters/pair_selection.py)")
     args = parser.parse_args()
+    if args.dev_per_category is not None and not args.dev:
+        parser.error("--dev-per-category needs --dev")
     results = [run_pair(p, args.methods.split(","), lambda m: print(m, flush=True), args.train, args.test,
-                        args.query_pairs, args.dev)
+                        args.query_pairs, args.dev, args.dev_per_category, args.near_gallery)
                for p in args.pairs.split(",")]
     text = table(results)
     print("\n" + text)
     default = (args.train, args.test) == ("wordnet-20k", "wordnet-4k")
     name = "label_free" if default else f"label_free_{args.test}"
     name = f"label_free_dev_{args.train}" if args.dev else name
-    out = RESULTS / (name + ("_query_pairs" if args.query_pairs else "") + ".json")
+    name += f"_balanced{args.dev_per_category}" if args.dev_per_category is not None else ""
+    name += "_query_pairs" if args.query_pairs else ""
+    name += f"_near{args.near_gallery}" if args.near_gallery is not None else ""
+    out = RESULTS / (name + ".json")
     out.write_text(json.dumps(_jsonable({"results": results}), indent=2) + "\n")
     out.with_suffix(".md").write_text(text)
     print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(2, ge=1, description="Runs of a job before an interruption marks it failed.")
     min_training_pairs: int = Field(100, ge=10, description="Fewest pairs a training job accepts.")
     max_holdout_pairs: int = Field(5_000, ge=10, description="Most pairs held out to evaluate a transformation.")
+    training_gallery_sample: int = Field(
+        20_000, ge=100, description="Most gallery vectors a training job samples when it fits near the gallery "
+        "(`fit_near_gallery`).",
+    )
     routing_refresh_seconds: float = Field(
         2.0, gt=0, description="How often to check for activations made by another process (a separate worker)."
     )

@@ -279,3 +279,18 @@ def test_an_upsert_reports_the_records_it_leaves(store: Store) -> None:
                                      [{"n": i} for i in range(len(batch))], keep_models=keep)
         read = store.hits_by_id(coll.id, outcome.ids.tolist())
         assert [read[i].models for i in outcome.ids.tolist()] == outcome.models, (model.name, batch)
+
+
+def test_a_gallery_sample_holds_only_items_still_in_that_version_and_is_seeded(store: Store) -> None:
+    model, coll = seed(store)
+    other = store.create_model("v2", 4, "cosine", None, None)
+    v = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    store.upsert_items(coll.id, model.id, [f"k{i}" for i in range(20)], v[:20], [None] * 20)
+    store.upsert_items(coll.id, other.id, [f"k{i}" for i in range(20, 30)], v[20:], [None] * 10)
+
+    whole = store.sample_gallery(model.id, 4, limit=100, seed=0)
+    assert sorted(map(tuple, whole)) == sorted(map(tuple, v[:20]))  # exactly the v1 items' vectors
+    part = store.sample_gallery(model.id, 4, limit=7, seed=3)
+    assert part.shape == (7, 4) and {tuple(r) for r in part} <= {tuple(r) for r in v[:20]}
+    assert np.array_equal(part, store.sample_gallery(model.id, 4, limit=7, seed=3))
+    assert store.sample_gallery(store.create_model("v3", 4, "cosine", None, None).id, 4, 10, 0).shape == (0, 4)

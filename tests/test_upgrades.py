@@ -307,11 +307,45 @@ def test_bad_training_requests(client, upgraded) -> None:
     for body, field in [({"method": "nope"}, "method"), ({"method": "slerp"}, "method"),
                         ({"method": "affine", "params": {"colour": 1}}, "params"),
                         ({"method": "auto", "params": {"rank_by": "best"}}, "rank_by"),
-                        ({"method": "neighbour_memory", "params": {"k": 2.5}}, "params")]:
+                        ({"method": "neighbour_memory", "params": {"k": 2.5}}, "params"),
+                        ({"fit_near_gallery": 0}, "fit_near_gallery"), ({"fit_near_gallery": 101}, "fit_near_gallery"),
+                        ({"fit_near_gallery": True}, "fit_near_gallery"),
+                        ({"fit_near_gallery": "3"}, "fit_near_gallery")]:
         r = client.post(f"/v1/upgrades/{uid}/train", json=body)
         assert r.status_code == 422 and field in r.text, r.text
     assert client.post("/v1/upgrades/99999/train", json={}).status_code == 404
     assert client.get("/v1/jobs/99999").status_code == 404
+
+
+def test_training_can_fit_on_the_pairs_nearest_the_items_still_in_the_old_version(client) -> None:
+    """fit_near_gallery: the job samples the old version's items and fits on the pairs among their m
+    nearest (the same pairs adapters.pair_selection chooses offline), says so in its log and report,
+    and fits on every pair when too few lie near the gallery."""
+    from adapters.pair_selection import pairs_near_gallery
+
+    v1, v2, coll = unique("v1"), unique("v2"), unique("g")
+    gallery = np.flatnonzero(np.isin(LABELS, np.unique(LABELS)[:4]))  # a gallery of four categories
+    uid = lineage_with_gallery(client, (v1, v2, coll), OLD[gallery], NEW[gallery], [IDS[i] for i in gallery],
+                               LABELS[gallery])
+    assert upload_pairs(client, uid, IDS, OLD, NEW).status_code == 200
+    job = train(client, uid, "procrustes", fit_near_gallery=3)
+    want = pairs_near_gallery(OLD, OLD[gallery], 3)
+    assert len(gallery) <= len(want) < len(IDS)  # a real selection: not every pair, at least the gallery's own
+    (t,) = client.get(f"/v1/upgrades/{uid}").json()["transformations"]
+    near = t["evaluation"]["pairs"]["near_gallery"]
+    assert near == {"per_item": 3, "gallery_sampled": len(gallery), "pairs_before": len(IDS), "applied": True,
+                    "pairs_kept": len(want)}
+    assert t["evaluation"]["pairs"]["uploaded"] == len(want)
+    assert f"{len(want)} of {len(IDS)} pairs are among the 3 nearest" in job["log_tail"]
+
+    # a two-item gallery: its 1 nearest pairs each are fewer than a training job accepts
+    uid = lineage_with_gallery(client, (unique("v1"), unique("v2"), unique("g")), OLD[:2], NEW[:2], IDS[:2],
+                               LABELS[:2])
+    assert upload_pairs(client, uid, IDS, OLD, NEW).status_code == 200
+    job = train(client, uid, "procrustes", fit_near_gallery=1)
+    (t,) = client.get(f"/v1/upgrades/{uid}").json()["transformations"]
+    assert t["evaluation"]["pairs"]["near_gallery"]["applied"] is False
+    assert t["evaluation"]["pairs"]["uploaded"] == len(IDS) and "fitting on every pair" in job["log_tail"]
 
 
 def test_auto_through_the_service_shows_every_candidate_and_why_the_others_were_not_ranked(client) -> None:

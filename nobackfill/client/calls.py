@@ -253,10 +253,12 @@ class Endpoints:
         return self._send(self.pairs_call(upgrade_id, old, new, ids, labels))
 
     def train(self, upgrade_id: int, method: str = "auto", params: Mapping[str, Any] | None = None,
-              label_field: str | None = None, seed: int | None = None) -> Any:
-        """Queue a training job (202); the job's JSON. Follow it with `wait_for_job`."""
+              label_field: str | None = None, seed: int | None = None, fit_near_gallery: int | None = None) -> Any:
+        """Queue a training job (202); the job's JSON. Follow it with `wait_for_job`. `fit_near_gallery`:
+        fit on the pairs nearest the items still in the old version (docs/adapters.md)."""
         body: dict[str, Any] = {"method": method}
-        for key, value in (("params", params), ("label_field", label_field), ("seed", seed)):
+        for key, value in (("params", params), ("label_field", label_field), ("seed", seed),
+                           ("fit_near_gallery", fit_near_gallery)):
             if value is not None:
                 body[key] = dict(value) if isinstance(value, Mapping) else value
         return self._send(Call("POST", f"/v1/upgrades/{int(upgrade_id)}/train", body, idempotent=False))

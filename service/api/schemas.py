@@ -440,6 +440,11 @@ class TrainRequest(_Strict):
         None, max_length=128, description="Payload field holding the class label of re-embedded gallery items."
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    fit_near_gallery: int | None = Field(
+        None, ge=1, le=100, description="Fit only on the pairs among the N nearest (by the old model) of a sampled "
+        "gallery item still in the old version -- where the map's queries are answered. For pairs not drawn like "
+        "the gallery (another catalogue, a query log); 3 measured best (docs/adapters.md). Default: every pair.",
+    )
 
 
 class ActivateRequest(_Strict):

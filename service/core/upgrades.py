@@ -29,13 +29,14 @@ import numpy as np
 from adapters import METHODS, create, servable
 from adapters.bundle import HOLDOUT_FRACTION, UpgradeBundle, build_bundle, split_holdout
 from adapters.evaluate import PRIMARY, EvalSet
+from adapters.pair_selection import pairs_near_gallery
 from service.core.bundle_files import bundle_directory, read_bundle_files
 from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.jobs import JobContext
 from service.settings import Settings
 from service.store import JobRecord, Store, TransformationRecord, UpgradeRecord
-from service.store.upgrades import PartialLabels
+from service.store.upgrades import PairSet, PartialLabels
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ class Upgrades:
 
     # ---- training -----------------------------------------------------------------------------
     def start_training(
-        self, upgrade: UpgradeRecord, method: str, params: dict[str, Any], label_field: str | None, seed: int
+        self, upgrade: UpgradeRecord, method: str, params: dict[str, Any], label_field: str | None, seed: int,
+        near_gallery: int | None = None,
     ) -> JobRecord:
         _check_method(method, "method")
         try:
@@ -170,14 +172,15 @@ class Upgrades:
         if spec.needs_labels and coverage.labelled == 0:
             raise Invalid(f"{method} needs labels on the training pairs ({spec.label_requirement}); these "
                           f"{coverage.pairs} pairs have none", "method")
-        return self._queue_training(upgrade, method, params, label_field, seed, trigger="request")
+        return self._queue_training(upgrade, method, params, label_field, seed, trigger="request",
+                                    near_gallery=near_gallery)
 
     def _queue_training(self, upgrade: UpgradeRecord, method: str, params: dict[str, Any], label_field: str | None,
-                        seed: int, trigger: str) -> JobRecord:
+                        seed: int, trigger: str, near_gallery: int | None = None) -> JobRecord:
         job = self.store.create_job(
             TRAIN_JOB, f"upgrade:{upgrade.id}",
             {"upgrade_id": upgrade.id, "method": method, "params": params, "label_field": label_field, "seed": seed,
-             "trigger": trigger},
+             "trigger": trigger, "near_gallery": near_gallery},
             max_attempts=self.settings.job_max_attempts,
         )
         if self.on_job_queued is not None:
@@ -201,6 +204,10 @@ class Upgrades:
                 f"{'the training policy' if trigger == 'policy' else 'a request'}")
         if len(pairs.old) < self.settings.min_training_pairs:
             raise ValueError(f"only {len(pairs.old)} training pairs; need {self.settings.min_training_pairs}")
+        near = None
+        if p.get("near_gallery"):
+            ctx.progress(0.015, "choosing the pairs nearest the gallery")
+            pairs, near = self._pairs_near_gallery(ctx, pairs, old_model, int(p["near_gallery"]), int(p.get("seed", 0)))
         _limit_torch_threads(self.settings.job_threads)
         bundle = build_bundle(
             pairs.old, pairs.new, pairs.labels, method=p["method"], params=p.get("params") or {},
@@ -210,6 +217,8 @@ class Upgrades:
         )
         ev = bundle.evaluation
         ev["pairs"].update(uploaded=pairs.uploaded, from_items=pairs.from_items)
+        if near is not None:
+            ev["pairs"]["near_gallery"] = near
         new_old = ev["rows"]["new/old"]
         ctx.log(f"{ev['selected']}: new/old mAP@R {new_old['mAP@R']:.4f} (old/old "
                 f"{ev['rows']['old/old']['mAP@R']:.4f}, new/new {ev['rows']['new/new']['mAP@R']:.4f}); "
@@ -243,6 +252,25 @@ class Upgrades:
         return {"transformation_id": record.id, "activated": activated, "passes_ecc": bundle.passes_ecc,
                 "selected": ev["selected"], "gap_closed": ev["gap_closed"], "trigger": trigger,
                 "versus_active": versus}
+
+    def _pairs_near_gallery(self, ctx: JobContext, pairs: PairSet, old_model, per_item: int,
+                            seed: int) -> tuple[PairSet, dict[str, Any]]:
+        """The pairs nearest (by the old model) to a sample of the items still in the old version: the
+        gallery this map's queries are answered against (adapters/pair_selection.py says why). All
+        pairs are kept, and the report says so, when that leaves fewer than a training job accepts."""
+        gallery = self.store.sample_gallery(old_model.id, old_model.dim, self.settings.training_gallery_sample, seed)
+        report: dict[str, Any] = {"per_item": per_item, "gallery_sampled": len(gallery), "pairs_before": len(pairs.old)}
+        if not len(gallery):
+            ctx.log("fit_near_gallery: no item is still in the old version; fitting on every pair")
+            return pairs, {**report, "applied": False, "pairs_kept": len(pairs.old)}
+        rows = pairs_near_gallery(pairs.old, gallery, per_item)
+        if len(rows) < self.settings.min_training_pairs:
+            ctx.log(f"fit_near_gallery: only {len(rows)} pairs lie near the gallery (need "
+                    f"{self.settings.min_training_pairs}); fitting on every pair")
+            return pairs, {**report, "applied": False, "pairs_kept": len(pairs.old)}
+        ctx.log(f"fit_near_gallery: {len(rows)} of {len(pairs.old)} pairs are among the {per_item} nearest of "
+                f"{len(gallery)} sampled gallery items; fitting on those")
+        return pairs.subset(rows), {**report, "applied": True, "pairs_kept": len(rows)}
 
     def _versus_active(self, upgrade: UpgradeRecord, bundle: UpgradeBundle, pairs, seed: int) -> dict | None:
         """The active transformation scored on the new bundle's held-out pairs (None: nothing active).

@@ -21,6 +21,8 @@ from service.store.tables import (
     utcnow,
 )
 
+GALLERY_FETCH_CHUNK = 5_000  # item ids per IN (...) when sampling a gallery's vectors
+
 
 @dataclass(frozen=True)
 class UpgradeRecord:
@@ -74,6 +76,13 @@ class PairSet:
     labels: np.ndarray | None  # only when every pair has one
     uploaded: int
     from_items: int
+
+    def subset(self, rows: np.ndarray) -> PairSet:
+        """The pairs at `rows` (sorted indices), counted by where they came from."""
+        labels = None if self.labels is None else self.labels[rows]
+        return PairSet(old=self.old[rows], new=self.new[rows], labels=labels,
+                       uploaded=int(np.count_nonzero(rows < self.uploaded)),
+                       from_items=int(np.count_nonzero(rows >= self.uploaded)))
 
 
 @dataclass(frozen=True)
@@ -282,6 +291,19 @@ class UpgradeStore:
             uploaded=uploaded,
             from_items=len(old_blobs) - uploaded,
         )
+
+    def sample_gallery(self, model_id: int, dim: int, limit: int, seed: int) -> np.ndarray:
+        """Up to `limit` current vectors of items still in `model_id` (a seeded random sample): the
+        gallery an upgrade's map serves new-model queries against, which training may fit near."""
+        with self._sessions() as s:
+            ids = np.fromiter(s.scalars(select(Item.id).where(Item.model_id == model_id)), dtype=np.int64)
+            if len(ids) > limit:
+                ids = np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
+            blobs: list[bytes] = []
+            for start in range(0, len(ids), GALLERY_FETCH_CHUNK):
+                chunk = ids[start : start + GALLERY_FETCH_CHUNK].tolist()
+                blobs += s.scalars(select(Item.vector).where(Item.id.in_(chunk)).order_by(Item.id))
+        return decode_vectors(blobs, dim)
 
     def keyed_pairs(self, upgrade: UpgradeRecord, d_old: int, d_new: int) -> tuple[list[str], np.ndarray,
                                                                                   np.ndarray, list[str | None]]:

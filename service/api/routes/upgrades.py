@@ -116,7 +116,7 @@ def clear_training_policy(upgrade_id: UpgradeId, upgrades: deps.UpgradesDep, cat
 def train(upgrade_id: UpgradeId, body: JsonBody(TrainRequest), upgrades: deps.UpgradesDep) -> JobOut:
     """Queue a training job; follow it at /v1/jobs/{id} (or `nobackfill jobs watch ID`)."""
     job = upgrades.start_training(upgrades.upgrade(upgrade_id), body.method, body.params, body.label_field,
-                                  body.seed)
+                                  body.seed, near_gallery=body.fit_near_gallery)
     return job_out(job)
 
 
