@@ -337,6 +337,9 @@ def test_training_can_fit_on_the_pairs_nearest_the_items_still_in_the_old_versio
                     "pairs_kept": len(want)}
     assert t["evaluation"]["pairs"]["uploaded"] == len(want)
     assert f"{len(want)} of {len(IDS)} pairs are among the 3 nearest" in job["log_tail"]
+    page = client.get(f"/dashboard/upgrades/{uid}")
+    assert page.status_code == 200 and 'id="near-gallery"' in page.text
+    assert f"{len(want)} of {len(IDS)} pairs kept" in page.text
 
     # a two-item gallery: its 1 nearest pairs each are fewer than a training job accepts
     uid = lineage_with_gallery(client, (unique("v1"), unique("v2"), unique("g")), OLD[:2], NEW[:2], IDS[:2],

@@ -296,7 +296,8 @@ class UpgradeStore:
         """Up to `limit` current vectors of items still in `model_id` (a seeded random sample): the
         gallery an upgrade's map serves new-model queries against, which training may fit near."""
         with self._sessions() as s:
-            ids = np.fromiter(s.scalars(select(Item.id).where(Item.model_id == model_id)), dtype=np.int64)
+            ids = np.fromiter(s.scalars(select(Item.id).where(Item.model_id == model_id).order_by(Item.id)),
+                              dtype=np.int64)  # ordered: the seeded draw is the same on every database
             if len(ids) > limit:
                 ids = np.sort(np.random.default_rng(seed).choice(ids, size=limit, replace=False))
             blobs: list[bytes] = []
