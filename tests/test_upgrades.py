@@ -430,7 +430,8 @@ def test_an_upgrade_with_a_training_policy_trains_itself_and_retrains_as_pairs_d
     def upgrade() -> dict:
         return client.get(f"/v1/upgrades/{uid}").json()
 
-    assert upgrade()["training"] == {"min_pairs": 120, "method": "procrustes", "trained_at_pairs": 0}
+    assert upgrade()["training"] == {"min_pairs": 120, "method": "procrustes", "fit_near_gallery": None,
+                                     "trained_at_pairs": 0}
     uploaded = [IDS[i] for i in HALF[:100]]
     assert upload_pairs(client, uid, uploaded, OLD[HALF[:100]], NEW[HALF[:100]]).status_code == 200
     assert upgrade()["jobs"] == []  # 100 < 120
@@ -457,6 +458,36 @@ def test_an_upgrade_with_a_training_policy_trains_itself_and_retrains_as_pairs_d
         assert versus is None and result["activated"] == result["passes_ecc"]
     cleared = client.delete(f"/v1/upgrades/{uid}/training")
     assert cleared.status_code == 200 and cleared.json()["training"] is None
+
+
+def test_a_training_policy_can_fit_near_the_gallery(client) -> None:
+    """The policy's fit_near_gallery reaches the trainings it starts, shows in the API and the
+    dashboard, and goes when the policy is cleared."""
+    v1, v2, coll = unique("v1"), unique("v2"), unique("g")
+    gallery = np.flatnonzero(np.isin(LABELS, np.unique(LABELS)[:4]))
+    make_model(client, v1, OLD.shape[1])
+    assert client.post("/v1/collections", json={"name": coll, "model": v1}).status_code == 201
+    assert upsert(client, coll, v1, [IDS[i] for i in gallery], OLD[gallery], compact=True).status_code == 200
+    bad = client.post("/v1/models", json={"name": v2, "dim": NEW.shape[1], "successor_of": v1,
+                                          "training": {"min_pairs": 120, "fit_near_gallery": 0}})
+    assert bad.status_code == 422 and "fit_near_gallery" in bad.text
+    r = client.post("/v1/models", json={"name": v2, "dim": NEW.shape[1], "successor_of": v1, "training": {
+        "min_pairs": 120, "method": "procrustes", "fit_near_gallery": 3}})
+    assert r.status_code == 201, r.text
+    uid = next(u["id"] for u in client.get("/v1/upgrades").json() if u["new_model"] == v2)
+    assert client.get(f"/v1/upgrades/{uid}").json()["training"]["fit_near_gallery"] == 3
+    assert "3 nearest of a gallery" in client.get(f"/dashboard/upgrades/{uid}").text
+    assert upload_pairs(client, uid, IDS, OLD, NEW).status_code == 200  # 480 >= 120: the policy trains
+    (job_id,) = client.get(f"/v1/upgrades/{uid}").json()["jobs"]
+    job = wait_job(client, job_id)
+    assert job["state"] == "succeeded" and job["result"]["trigger"] == "policy", job
+    (t,) = client.get(f"/v1/upgrades/{uid}").json()["transformations"]
+    near = t["evaluation"]["pairs"]["near_gallery"]
+    assert near["applied"] and near["per_item"] == 3 and near["gallery_sampled"] == len(gallery)
+    assert near["pairs_kept"] < len(IDS)
+    r = client.put(f"/v1/upgrades/{uid}/training", json={"min_pairs": 5000})  # not due: nothing starts
+    assert r.status_code == 200 and r.json()["training"]["fit_near_gallery"] is None
+    assert client.delete(f"/v1/upgrades/{uid}/training").json()["training"] is None
 
 
 def test_transformed_queries_search_a_quantised_partition_with_exact_rescoring(client, live) -> None:

@@ -263,9 +263,12 @@ class Endpoints:
                 body[key] = dict(value) if isinstance(value, Mapping) else value
         return self._send(Call("POST", f"/v1/upgrades/{int(upgrade_id)}/train", body, idempotent=False))
 
-    def set_training_policy(self, upgrade_id: int, min_pairs: int, method: str = "auto") -> Any:
-        return self._send(Call("PUT", f"/v1/upgrades/{int(upgrade_id)}/training",
-                               {"min_pairs": min_pairs, "method": method}))
+    def set_training_policy(self, upgrade_id: int, min_pairs: int, method: str = "auto",
+                            fit_near_gallery: int | None = None) -> Any:
+        body: dict[str, Any] = {"min_pairs": min_pairs, "method": method}
+        if fit_near_gallery is not None:
+            body["fit_near_gallery"] = fit_near_gallery
+        return self._send(Call("PUT", f"/v1/upgrades/{int(upgrade_id)}/training", body))
 
     def clear_training_policy(self, upgrade_id: int) -> Any:
         return self._send(Call("DELETE", f"/v1/upgrades/{int(upgrade_id)}/training"))

@@ -97,6 +97,10 @@ class TrainingPolicy(_Strict):
                            "(uploads and re-embedded items); retrain each time the count doubles. At least "
                            "MIN_TRAINING_PAIRS.")
     method: str = Field("auto", description=f"One of the servable methods: {', '.join(servable())}.")
+    fit_near_gallery: int | None = Field(
+        None, ge=1, le=100, description="Its trainings fit on the pairs nearest the gallery, as a train request's "
+        "fit_near_gallery. Default: every pair.",
+    )
 
 
 class TrainingPolicyOut(TrainingPolicy):

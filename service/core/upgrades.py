@@ -113,11 +113,14 @@ class Upgrades:
             raise Invalid(f"must be at least {self.settings.min_training_pairs} (MIN_TRAINING_PAIRS)",
                           "training.min_pairs")
 
-    def set_policy(self, upgrade: UpgradeRecord, min_pairs: int | None, method: str = "auto") -> UpgradeRecord:
-        """Train by itself from `min_pairs` pairs on (None: on request only); checked at once."""
+    def set_policy(self, upgrade: UpgradeRecord, min_pairs: int | None, method: str = "auto",
+                   near_gallery: int | None = None) -> UpgradeRecord:
+        """Train by itself from `min_pairs` pairs on (None: on request only); checked at once.
+        `near_gallery`: its trainings fit on the pairs nearest the gallery (as a request's fit_near_gallery)."""
         if min_pairs is not None:
             self.check_policy(min_pairs, method)
-        updated = self.store.set_policy(upgrade.id, min_pairs, method if min_pairs is not None else None)
+        updated = self.store.set_policy(upgrade.id, min_pairs, method if min_pairs is not None else None,
+                                        near_gallery)
         self.train_if_due(updated)
         return updated
 
@@ -134,7 +137,8 @@ class Upgrades:
             return None  # the next write checks again
         if not self.store.claim_policy_training(upgrade.id, total):
             return None  # another process started it
-        job = self._queue_training(upgrade, upgrade.policy_method or "auto", {}, None, 0, trigger="policy")
+        job = self._queue_training(upgrade, upgrade.policy_method or "auto", {}, None, 0, trigger="policy",
+                                   near_gallery=upgrade.policy_near_gallery)
         log.info("upgrade %s: training policy started job %s at %d pairs", upgrade.id, job.id, total)
         return job
 

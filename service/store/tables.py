@@ -166,6 +166,7 @@ class Upgrade(Base):
     policy_min_pairs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     policy_method: Mapped[str | None] = mapped_column(String(32), nullable=True)
     policy_trained_pairs: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    policy_near_gallery: Mapped[int | None] = mapped_column(Integer, nullable=True)  # fit_near_gallery's m
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, nullable=False)
 

@@ -36,6 +36,7 @@ class UpgradeRecord:
     policy_min_pairs: int | None = None  # None: trains on request only
     policy_method: str | None = None
     policy_trained_pairs: int = 0  # pair count at the last training the policy started
+    policy_near_gallery: int | None = None  # policy-started trainings fit near the gallery with this m
 
     @property
     def policy(self) -> dict | None:
@@ -43,7 +44,7 @@ class UpgradeRecord:
         if self.policy_min_pairs is None:
             return None
         return {"min_pairs": self.policy_min_pairs, "method": self.policy_method or "auto",
-                "trained_at_pairs": self.policy_trained_pairs}
+                "fit_near_gallery": self.policy_near_gallery, "trained_at_pairs": self.policy_trained_pairs}
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class LabelCoverage:
 def _upgrade(row: Upgrade) -> UpgradeRecord:
     return UpgradeRecord(row.id, row.old_model_id, row.new_model_id, row.active_transformation_id, row.revision,
                          row.created_at, row.updated_at, row.policy_min_pairs, row.policy_method,
-                         row.policy_trained_pairs or 0)
+                         row.policy_trained_pairs or 0, row.policy_near_gallery)
 
 
 def _transformation(row: Transformation) -> TransformationRecord:
@@ -133,13 +134,15 @@ class UpgradeStore:
             s.flush()
             return _upgrade(row)
 
-    def set_policy(self, upgrade_id: int, min_pairs: int | None, method: str | None) -> UpgradeRecord | None:
+    def set_policy(self, upgrade_id: int, min_pairs: int | None, method: str | None,
+                   near_gallery: int | None = None) -> UpgradeRecord | None:
         """Set (or with None, clear) the training policy; the trigger count starts afresh."""
         with self._sessions.begin() as s:
             row = s.get(Upgrade, upgrade_id)
             if row is None:
                 return None
             row.policy_min_pairs, row.policy_method, row.policy_trained_pairs = min_pairs, method, 0
+            row.policy_near_gallery = near_gallery if min_pairs is not None else None
             row.updated_at = utcnow()
             s.flush()
             return _upgrade(row)

@@ -38,7 +38,8 @@ def create_model(body: JsonBody(ModelCreate), catalog: deps.CatalogDep, upgrades
         upgrades.check_policy(body.training.min_pairs, body.training.method)
     model = catalog.create_model(body.name, body.dim, body.metric, body.successor_of, body.description)
     if body.training is not None:
-        upgrades.set_policy(upgrades.upgrade_into(model.id), body.training.min_pairs, body.training.method)
+        upgrades.set_policy(upgrades.upgrade_into(model.id), body.training.min_pairs, body.training.method,
+                            body.training.fit_near_gallery)
     return model_out(model, catalog)
 
 

@@ -101,7 +101,7 @@ def upload_pairs(
 def set_training_policy(upgrade_id: UpgradeId, body: JsonBody(TrainingPolicy), upgrades: deps.UpgradesDep,
                         catalog: deps.CatalogDep) -> UpgradeOut:
     """Train by itself from `min_pairs` pairs on, and again as they double (starts at once if due)."""
-    updated = upgrades.set_policy(upgrades.upgrade(upgrade_id), body.min_pairs, body.method)
+    updated = upgrades.set_policy(upgrades.upgrade(upgrade_id), body.min_pairs, body.method, body.fit_near_gallery)
     return upgrade_out(updated, upgrades, catalog)
 
 
