@@ -7,7 +7,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
 
+from bench.common import pg_database
 from service.app import create_app
 from service.settings import Settings
 
@@ -40,19 +42,11 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
-def _fresh_pg_database(admin_url: str) -> tuple[str, callable]:
-    name = f"nobackfill_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
+def _fresh_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+    """(url of a fresh, empty PostgreSQL database on `admin_url`'s server, the call that drops it):
+    bench.common.pg_database for callers that hold the database across a try/finally of their own."""
+    stack = ExitStack()
+    return stack.enter_context(pg_database("nobackfill_test", admin_url)), stack.close
 
 
 def _database_of_kind(request: pytest.FixtureRequest, sqlite_dir: Path, kind: str | None = None) -> Iterator[str]:
@@ -60,12 +54,8 @@ def _database_of_kind(request: pytest.FixtureRequest, sqlite_dir: Path, kind: st
     if (kind or request.param) == "sqlite":
         yield f"sqlite:///{sqlite_dir / 'test.db'}"
         return
-    admin = request.getfixturevalue("pg_server")
-    url, drop = _fresh_pg_database(admin)
-    try:
+    with pg_database("nobackfill_test", request.getfixturevalue("pg_server")) as url:
         yield url
-    finally:
-        drop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
