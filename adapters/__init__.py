@@ -8,7 +8,8 @@
 
 `methods/` holds one module per method, each registering itself in `registry.py`; `base.py` is
 the interface; `metrics.py` and `evaluate.py` measure compatibility; `bundle.py` is what a trained
-upgrade serves (maps both ways, score calibration, backfill order).
+upgrade serves (maps both ways, score calibration, backfill order); `pair_selection.py` picks the
+training pairs nearest the gallery a map will serve.
 """
 
 from adapters import methods as _methods  # noqa: F401  (registers every method)
