@@ -32,10 +32,10 @@ def pairs_near_gallery(pairs_old: np.ndarray, gallery_old: np.ndarray, per_item:
     gallery = normalize(as_matrix(gallery_old, "gallery_old"))
     if pairs.shape[1] != gallery.shape[1]:
         raise ValueError(f"gallery_old has dimension {gallery.shape[1]} but pairs_old {pairs.shape[1]}")
-    m = min(per_item, len(pairs))
+    if per_item >= len(pairs):  # every gallery item brings every pair
+        return np.arange(len(pairs))
     chosen = np.zeros(len(pairs), dtype=bool)
     for start in range(0, len(gallery), GALLERY_CHUNK):
         sims = gallery[start : start + GALLERY_CHUNK] @ pairs.T
-        nearest = np.argpartition(-sims, m - 1, axis=1)[:, :m] if m < len(pairs) else np.arange(len(pairs))
-        chosen[np.ravel(nearest)] = True
+        chosen[np.argpartition(-sims, per_item - 1, axis=1)[:, :per_item].ravel()] = True
     return np.flatnonzero(chosen)

@@ -76,8 +76,8 @@ def load_sets(train_set: str, test_set: str, dev: bool, query_pairs: bool, dev_p
     permutation of the training set, the fit takes the others (how rules are chosen before a test set
     is looked at; docs/adapters.md). With `dev_per_category` as well, the held-out rows are instead
     the first that many of each category in that permutation (at most half of a category, so every
-category keeps pairs to fit on): a category-balanced gallery against
-    naturally distributed pairs, the shift WordNet-4k (<= 100 per category) has against WordNet-20k.
+    category keeps pairs to fit on): a category-balanced gallery against naturally distributed pairs,
+    the shift WordNet-4k (<= 100 per category) has against WordNet-20k.
     The training set's words are read only where they are used."""
     train, train_labels = load_wordnet(train_set)
     train_words = load_queries(train_set) if dev or query_pairs else None

@@ -35,7 +35,7 @@ from service.core.catalog import Catalog
 from service.core.errors import Conflict, Invalid, NotFound
 from service.core.jobs import JobContext
 from service.settings import Settings
-from service.store import JobRecord, Store, TransformationRecord, UpgradeRecord
+from service.store import JobRecord, ModelRecord, Store, TransformationRecord, UpgradeRecord
 from service.store.upgrades import PairSet, PartialLabels
 
 log = logging.getLogger(__name__)
@@ -257,20 +257,18 @@ class Upgrades:
                 "selected": ev["selected"], "gap_closed": ev["gap_closed"], "trigger": trigger,
                 "versus_active": versus}
 
-    def _pairs_near_gallery(self, ctx: JobContext, pairs: PairSet, old_model, per_item: int,
+    def _pairs_near_gallery(self, ctx: JobContext, pairs: PairSet, old_model: ModelRecord, per_item: int,
                             seed: int) -> tuple[PairSet, dict[str, Any]]:
         """The pairs nearest (by the old model) to a sample of the items still in the old version: the
         gallery this map's queries are answered against (adapters/pair_selection.py says why). All
         pairs are kept, and the report says so, when that leaves fewer than a training job accepts."""
         gallery = self.store.sample_gallery(old_model.id, old_model.dim, self.settings.training_gallery_sample, seed)
         report: dict[str, Any] = {"per_item": per_item, "gallery_sampled": len(gallery), "pairs_before": len(pairs.old)}
-        if not len(gallery):
-            ctx.log("fit_near_gallery: no item is still in the old version; fitting on every pair")
-            return pairs, {**report, "applied": False, "pairs_kept": len(pairs.old)}
-        rows = pairs_near_gallery(pairs.old, gallery, per_item)
-        if len(rows) < self.settings.min_training_pairs:
-            ctx.log(f"fit_near_gallery: only {len(rows)} pairs lie near the gallery (need "
-                    f"{self.settings.min_training_pairs}); fitting on every pair")
+        rows = pairs_near_gallery(pairs.old, gallery, per_item) if len(gallery) else None
+        if rows is None or len(rows) < self.settings.min_training_pairs:
+            why = "no item is still in the old version" if rows is None else (
+                f"only {len(rows)} pairs lie near the gallery (need {self.settings.min_training_pairs})")
+            ctx.log(f"fit_near_gallery: {why}; fitting on every pair")
             return pairs, {**report, "applied": False, "pairs_kept": len(pairs.old)}
         ctx.log(f"fit_near_gallery: {len(rows)} of {len(pairs.old)} pairs are among the {per_item} nearest of "
                 f"{len(gallery)} sampled gallery items; fitting on those")
