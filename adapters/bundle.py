@@ -268,6 +268,7 @@ def build_bundle(
     bundle.evaluation = json_safe({
         "method": method,
         "selected": notes.get("selected", method),
+        "hedged_from": notes.get("hedged_from"),  # auto's closed-form pick, served as the hedge
         "relevance": test.relevance,
         "rows": rows,
         "ecc": bool(result["ecc"]),

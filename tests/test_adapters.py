@@ -9,12 +9,13 @@ import pytest
 
 from adapters import METHODS, create, load
 from adapters.evaluate import EvalSet, baseline_rows, method_row
+from adapters.methods.auto import HEDGED_PICKS
 from adapters.methods.procrustes import Procrustes
 
 DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"
 FAST = {"max_steps": 40, "min_steps": 20, "eval_every": 10, "patience": 3}
 TRAINED = {"lambda_orth", "oca", "bt2", "drift_lowrank", "drift_mlp", "rank_distill"}
-ALL_METHODS = ["procrustes", "affine", "adjoint", *sorted(TRAINED), "neighbour_memory", "slerp"]
+ALL_METHODS = ["procrustes", "affine", "adjoint", "hedge", *sorted(TRAINED), "neighbour_memory", "slerp"]
 
 
 def fast_params(name: str) -> dict:
@@ -173,7 +174,7 @@ def test_auto_offers_trained_methods_only_where_they_were_measured_to_move(wordn
     why); auto is closed-form."""
     auto = create("auto")
     notes = auto.fit(wordnet["old"], wordnet["new"], wordnet["labels"], seed=0).notes
-    assert set(notes["candidates"]) == {"procrustes", "affine", "adjoint"}
+    assert set(notes["candidates"]) == {"procrustes", "affine", "adjoint", "hedge"}
     assert {n: v["reason"] for n, v in notes["not_ranked"].items()} == dict.fromkeys(
         TRAINED | {"neighbour_memory"}, "needs_pairs")
     free = create("auto").fit(wordnet["old"], wordnet["new"], None, seed=0).notes["not_ranked"]
@@ -186,8 +187,8 @@ def test_auto_screens_trained_candidates_on_the_first_fold_and_reports_every_one
     notes = report.notes
     # every candidate is either ranked or said to be dropped, never both; trained_min_pairs opens
     # the gate for trained methods only (the neighbour memory keeps its own)
-    assert set(notes["candidates"]) | set(notes["not_ranked"]) == {"procrustes", "affine", "adjoint", *TRAINED,
-                                                                   "neighbour_memory"}
+    assert set(notes["candidates"]) | set(notes["not_ranked"]) == {"procrustes", "affine", "adjoint", "hedge",
+                                                                   *TRAINED, "neighbour_memory"}
     assert not set(notes["candidates"]) & set(notes["not_ranked"])
     assert notes["not_ranked"].pop("neighbour_memory")["reason"] == "needs_pairs"
     for name, why in notes["not_ranked"].items():
@@ -202,7 +203,7 @@ def test_auto_screens_trained_candidates_on_the_first_fold_and_reports_every_one
         expected = min(r["unseen_mAP@R"] / base["unseen"], r["seen_mAP@R"] / base["seen"])
         assert r["rank_score"] == pytest.approx(expected), name
     assert notes["selection_repeats"] == 3 and notes["rank_by"] == "worse_gain"
-    chosen = notes["selected"]
+    chosen = notes["hedged_from"] or notes["selected"]  # the pick before a closed form is served as the hedge
     assert notes["candidates"][chosen]["support"]["supported"]
     passing = [n for n, r in notes["candidates"].items() if r["ecc"] and r["support"]["supported"]]
     if passing:
@@ -220,8 +221,76 @@ def test_auto_without_labels_ranks_by_clusters_both_models_agree_on(wordnet) -> 
     ok = {n for n, r in notes["candidates"].items() if r["support"]["supported"]}
     passing = {n for n, r in notes["candidates"].items() if r["ecc"]}
     group = next(g for g in (ok & passing, passing, ok, set(ranked)) if g)  # the documented order
-    assert notes["selected"] == max(group, key=ranked.get)
+    picked = max(group, key=ranked.get)
+    assert (notes["hedged_from"] or notes["selected"]) == picked
+    if picked in HEDGED_PICKS and (passing >= {"hedge"} or picked not in passing):
+        assert notes["selected"] == "hedge" and notes["hedged_from"] == picked  # a closed-form pick is hedged
     assert len(set(ranked.values())) > 1, "the clusters must tell the candidates apart"
+
+
+def test_hedge_blends_the_adjoint_and_procrustes_queries_at_a_fixed_share(wordnet, tmp_path) -> None:
+    from adapters.methods.hedge import hedged
+
+    old, new, labels = wordnet["old"], wordnet["new"], wordnet["labels"]
+    queries = wordnet["test"].new[:50]
+    adjoint, procrustes = create("adjoint"), create("procrustes")
+    adjoint.fit(old, new, labels, seed=4)
+    procrustes.fit(old, new)
+    hedge = create("hedge")
+    hedge.fit(old, new, labels, seed=4)  # labels reach the inner adjoint's cross-validation
+    a, p = adjoint.transform(queries), procrustes.transform(queries)
+    got = hedge.transform(queries)
+    np.testing.assert_allclose(got, hedged(a, p, 0.5), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    for share, end in ((0.0, p), (1.0, a)):  # a share of 0 or 1 is that part alone (by direction)
+        np.testing.assert_allclose(hedged(a, p, share), end / np.linalg.norm(end, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(load(hedge.save(tmp_path / "hedge")).transform(queries), got, atol=1e-6)
+    np.testing.assert_allclose(hedge.forward(wordnet["test"].old[:5]), adjoint.forward(wordnet["test"].old[:5]))
+    for bad in (1.5, -0.1, True, "0.5", None):
+        with pytest.raises(ValueError, match="adjoint_share"):  # refused at creation: the service answers 422
+            create("hedge", adjoint_share=bad)
+    with pytest.raises(ValueError, match="adjoint_params must be an object"):
+        create("hedge", adjoint_params=[1.0])
+    with pytest.raises(ValueError, match="unknown parameters"):
+        create("hedge", procrustes_params={"centre": False})
+
+
+def test_auto_serves_a_closed_form_pick_as_the_hedge_scored_out_of_fold_like_the_others(wordnet) -> None:
+    """The hedge's out-of-fold queries are the blend of its parts' (no extra fit), its row is ranked
+    and supported like any candidate's, and a closed-form pick is served as the hedge; a caller who
+    ranks by one part (knows the gallery's categories), or turns hedging off, gets the pick itself."""
+    from adapters.methods.auto import Auto, add_hedge, out_of_fold, selection_folds
+    from adapters.methods.hedge import hedged
+
+    old, new, labels = wordnet["old"], wordnet["new"], wordnet["labels"]
+    params = {**Auto.default_params(), "min_eval_items": 1}
+    oof = out_of_fold(["procrustes", "adjoint"], old, new, labels, params, seed=3, progress=lambda f, m: None,
+                      screen=None)
+    add_hedge(oof, 0.5)
+    parts, _ = selection_folds(len(old), labels, 3, seed=3)
+    rest = np.setdiff1d(np.arange(len(old)), parts[0])
+    alone = create("hedge")
+    alone.fit(old[rest], new[rest], labels[rest], seed=3)
+    np.testing.assert_allclose(oof.queries["hedge"], alone.transform(new[parts[0]]), atol=1e-5)
+    np.testing.assert_allclose(oof.queries["hedge"], hedged(oof.queries["adjoint"], oof.queries["procrustes"], 0.5))
+
+    auto = create("auto")
+    notes = auto.fit(old, new, labels, seed=0).notes
+    assert "hedge" in notes["candidates"] and "support" in notes["candidates"]["hedge"]
+    assert notes["hedged_from"] in HEDGED_PICKS and notes["selected"] == "hedge"
+    assert auto.chosen.name == "hedge" and auto.transform(wordnet["test"].new[:5]).shape == (5, 384)
+    # the served hedge's parts get the parameters auto scored them with (label-free: one draw, cheaper)
+    tuned = create("auto", method_params={"adjoint": {"alphas": [1.0]}, "hedge": {"adjoint_share": 0.75}})
+    tuned.fit(old, new, None, seed=0)
+    assert tuned.chosen.name == "hedge" and tuned.chosen.params["adjoint_share"] == 0.75
+    assert tuned.chosen.params["adjoint_params"] == {"alphas": [1.0]}
+    assert tuned.chosen.adjoint.report.notes["alpha"] == 1.0
+    closed = {"methods": ["procrustes", "affine", "adjoint"], "repeats": 1}
+    for off, fit_labels in (({"hedge_closed_forms": False}, None), ({"hedge_max_pairs": 100}, None),
+                            ({"rank_by": "seen"}, labels)):
+        plain = create("auto", **closed, **off).fit(old, new, fit_labels, seed=0).notes
+        assert "hedge" not in plain["candidates"] and plain["hedged_from"] is None
+        assert plain["selected"] in HEDGED_PICKS
 
 
 def test_auto_chooses_the_baseline_when_the_evidence_for_a_richer_map_is_weak() -> None:

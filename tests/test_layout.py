@@ -72,11 +72,12 @@ def test_no_module_but_deps_reads_app_state() -> None:
 # ---- the method registry ----------------------------------------------------------------------
 def test_registry_is_the_one_list_of_methods() -> None:
     trained = ["lambda_orth", "oca", "bt2", "drift_lowrank", "drift_mlp", "rank_distill"]
-    assert list(METHODS) == ["procrustes", "affine", "adjoint", *trained, "neighbour_memory", "slerp", "auto"]
+    assert list(METHODS) == ["procrustes", "affine", "adjoint", "hedge", *trained, "neighbour_memory", "slerp", "auto"]
     assert candidates() == ["procrustes", "affine", "adjoint", *trained, "neighbour_memory"]
     assert [n for n, s in METHODS.items() if s.cls.trained] == trained
     assert baselines() == ["procrustes", "affine"]
-    assert "slerp" not in servable() and set(candidates()) | {"auto"} == set(servable())
+    # the hedge is not fitted per fold: auto blends its two parts' out-of-fold queries
+    assert "slerp" not in servable() and set(candidates()) | {"auto", "hedge"} == set(servable())
     assert Auto.default_params()["methods"] == candidates()
     assert all(name in TrainRequest.model_fields["method"].description for name in servable())
     for name, spec in METHODS.items():

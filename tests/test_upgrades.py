@@ -359,14 +359,17 @@ def test_auto_through_the_service_shows_every_candidate_and_why_the_others_were_
     job = train(client, uid, "auto")
     (t,) = client.get(f"/v1/upgrades/{uid}").json()["transformations"]
     ev = t["evaluation"]
-    assert set(ev["candidates"]) == {"procrustes", "affine", "adjoint"} and ev["selected"] in ev["candidates"]
+    assert set(ev["candidates"]) == {"procrustes", "affine", "adjoint", "hedge"} and ev["selected"] in ev["candidates"]
+    # ~300 pairs: auto picks among closed forms and serves the pick as the hedge (unless only the pick passes the ECC)
+    assert ev["hedged_from"] in {"procrustes", "affine", "adjoint"} and ev["selected"] == "hedge", ev["hedged_from"]
+    assert f"auto: picked {ev['hedged_from']}, a closed form, and serves it as the hedge" in job["log_tail"]
     not_ranked = ev["candidates_not_ranked"]
     assert {n: v["reason"] for n, v in not_ranked.items()} == dict.fromkeys(
         ["lambda_orth", "oca", "bt2", "drift_lowrank", "drift_mlp", "rank_distill", "neighbour_memory"], "needs_pairs")
     assert "auto: bt2 not ranked: offered from 5,000 fitting pairs" in job["log_tail"]
     assert "auto: neighbour_memory not ranked: offered from 10,000 fitting pairs" in job["log_tail"]
     page = client.get(f"/dashboard/upgrades/{uid}")
-    assert page.status_code == 200 and 'id="not-ranked"' in page.text
+    assert page.status_code == 200 and 'id="not-ranked"' in page.text and 'id="hedged-from"' in page.text
     assert "rank_distill (offered from 5,000" in page.text
 
 

@@ -227,6 +227,10 @@ class Upgrades:
         ctx.log(f"{ev['selected']}: new/old mAP@R {new_old['mAP@R']:.4f} (old/old "
                 f"{ev['rows']['old/old']['mAP@R']:.4f}, new/new {ev['rows']['new/new']['mAP@R']:.4f}); "
                 f"ECC {'passed' if ev['ecc'] else 'NOT passed'}; gap closed {_fmt(ev['gap_closed'])}")
+        if ev.get("hedged_from"):
+            ctx.log(f"auto: picked {ev['hedged_from']}, a closed form, and serves it as the hedge (the adjoint's "
+                    "and Procrustes' queries blended): the training pairs cannot show whether the gallery's "
+                    "categories are new, which decides between them")
         if ev.get("stayed_at_start"):
             ctx.log(f"{ev['selected']} stayed at start: no training step improved on its initialisation, so it "
                     "is that initialisation (e.g. Procrustes) under another name")
