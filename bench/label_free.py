@@ -49,8 +49,8 @@ from adapters.pair_selection import pairs_near_gallery
 from bench.compat import PAIRS, RESULTS, load_queries, load_wordnet
 from service.cli.evaluate import _jsonable
 
-METHODS = ["procrustes", "affine", "adjoint", "lambda_orth", "bt2", "drift_lowrank", "drift_mlp", "rank_distill",
-           "neighbour_memory", "auto"]
+METHODS = ["procrustes", "affine", "adjoint", "hedge", "lambda_orth", "bt2", "drift_lowrank", "drift_mlp",
+           "rank_distill", "neighbour_memory", "auto"]
 
 
 def symmetric(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -214,6 +214,8 @@ def main() -> None:
     parser.add_argument("--near-gallery", type=int, default=None, metavar="M",
                         help="fit only on the training pairs among the M nearest (old model) of a test gallery item "
                              "(adapters/pair_selection.py)")
+    parser.add_argument("--suffix", default="", help="appended to the results' file name (a run of a few methods "
+                                                     "beside the stored full run)")
     args = parser.parse_args()
     if args.dev_per_category is not None and not args.dev:
         parser.error("--dev-per-category needs --dev")
@@ -228,7 +230,7 @@ def main() -> None:
     name += f"_balanced{args.dev_per_category}" if args.dev_per_category is not None else ""
     name += "_query_pairs" if args.query_pairs else ""
     name += f"_near{args.near_gallery}" if args.near_gallery is not None else ""
-    out = RESULTS / (name + ".json")
+    out = RESULTS / (name + args.suffix + ".json")
     out.write_text(json.dumps(_jsonable({"results": results}), indent=2) + "\n")
     out.with_suffix(".md").write_text(text)
     print(f"wrote {out} and {out.with_suffix('.md')}")
