@@ -2,7 +2,8 @@
 closed-form baseline where choosing one map does not?
 
     python -m bench.hedge_replay                                   # the development sets
-    python -m bench.hedge_replay --sets wordnet-20k:4300:3         # a fresh draw, once the rule is fixed
+    python -m bench.hedge_replay --auto --sets wordnet-20k:4300:3 --out bench/results/hedge_fresh_wordnet-20k_draw3.json
+    python -m bench.hedge_replay --add-auto-before --out bench/results/hedge_fresh_wordnet-20k_draw3.json
 
 Why: issue #15 asks that `auto` never end more than .005 below the better of Procrustes and ridge
 on any held-out set. Choosing *one* of them by out-of-fold evidence misses that in 11 of 192 stored
@@ -13,10 +14,11 @@ same question for the adjoint's trades of top-1 for mAP@R: its blend with the ba
 
 For each compat run of a set (pair x split x seed x training mode, the same splits as bench.compat)
 this refits Procrustes, ridge and the adjoint on the training half, scores every map and blend on
-the test half, and reads auto's choice of that run from the stored compat results. Per rule: runs
-ending more than .005 below the better baseline (top-1 or mAP@R), the mean gain over it, and how
-often the rule is at or above the better baseline on both metrics. Writes
-bench/results/hedge_replay.json.
+the test half, and reads auto's choice of that run from the stored compat results (on a fresh
+draw, once the rule is fixed: `--auto` fits auto as it is now, `--add-auto-before` the same runs
+with the hedge off). Per rule: runs ending more than .005 below the better baseline (top-1 or
+mAP@R), the mean gain over it, and the runs failing the ECC where a baseline or the adjoint passes
+it. Writes bench/results/hedge_replay.json (or --out).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import numpy as np
 
 from adapters import create
 from adapters.evaluate import EvalSet
+from adapters.methods.hedge import hedged
 from adapters.metrics import passes_ecc
-from adapters.vectors import normalize
 from bench.compat import MODES, PAIRS, RESULTS, class_disjoint, load_wordnet, stratified_half
 
 DEVELOPMENT = ["wordnet-4k", "debian-4k", "wordnet-20k:4300:0"]
@@ -44,8 +46,8 @@ TOLERANCE = 0.005
 
 
 def blend(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
-    """The query between two maps' queries: w of the first, normalised so both count by direction."""
-    return normalize(w * normalize(a) + (1.0 - w) * normalize(b))
+    """The query between two maps' queries, w of the first: the hedge's formula, for any two maps."""
+    return hedged(a, b, w)
 
 
 def parse_set(spec: str) -> tuple[str, int | None, int]:
