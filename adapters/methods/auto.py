@@ -417,8 +417,7 @@ class Auto(Adapter):
             active = [n for n in names if screen is None or n not in screen.dropped]
             oof = out_of_fold(active, x_old, x_new, labels, self.params, seed + r, sub, screen if r == 0 else None)
             if hedging:
-                add_hedge(oof, method_params("hedge", self.params).get("adjoint_share",
-                                                                      METHODS["hedge"].defaults["adjoint_share"]))
+                add_hedge(oof, {**METHODS["hedge"].defaults, **method_params("hedge", self.params)}["adjoint_share"])
             pools.append(score_pool(oof, x_old, x_new, labels, seed + r))
         if screen is not None:
             not_ranked.update(screen.dropped)

@@ -8,7 +8,7 @@ evidence scores random or class-held-out folds of the *pairs*, not the gallery -
 map lost to the better baseline by more than .005 in 18 of 192 stored compat runs (docs/adapters.md,
 "What zero losses would take"). Blending the two queries does not have to guess: the blended
 query keeps most of the adjoint's mAP@R gain while its nearest neighbour rarely moves far from
-Procrustes' (docs/benchmarks.md, "Hedged maps", for the measured shares).
+Procrustes' (docs/adapters.md, "5. The hedge", for the measured shares).
 
 Fit: the adjoint (its own cross-validated alpha and blend t; labels, when given, only sharpen
 that choice) and centred Procrustes, on the same pairs.
