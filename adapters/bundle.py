@@ -269,6 +269,7 @@ def build_bundle(
         "method": method,
         "selected": notes.get("selected", method),
         "hedged_from": notes.get("hedged_from"),  # auto's closed-form pick, served as the hedge
+        "hedge_declined": notes.get("hedge_declined"),  # or why auto kept that pick rather than the hedge
         "relevance": test.relevance,
         "rows": rows,
         "ecc": bool(result["ecc"]),

@@ -290,7 +290,54 @@ def test_auto_serves_a_closed_form_pick_as_the_hedge_scored_out_of_fold_like_the
                             ({"rank_by": "seen"}, labels)):
         plain = create("auto", **closed, **off).fit(old, new, fit_labels, seed=0).notes
         assert "hedge" not in plain["candidates"] and plain["hedged_from"] is None
-        assert plain["selected"] in HEDGED_PICKS
+        assert plain["selected"] in HEDGED_PICKS and plain["hedge_declined"] is None
+
+
+def test_hedge_pick_keeps_the_pick_when_procrustes_lies_far_below_the_adjoint_or_only_the_pick_passes() -> None:
+    """The guard: a closed-form pick is kept when out-of-fold Procrustes scores below the minimum
+    share of the adjoint (the blend would drag the adjoint down), or when it passes the ECC and the
+    hedge does not; a pick that fails is hedged; trained picks are never hedged."""
+    from adapters.methods.auto import hedge_declined, hedge_pick
+
+    def rows(old_old: float = 0.20, **scores: float) -> dict:
+        return {name: {"new/old": {"mAP@R": value}, "ecc": value > old_old} for name, value in scores.items()}
+
+    close = rows(adjoint=0.23, hedge=0.22, procrustes=0.21)  # Procrustes at 91% of the adjoint
+    far = rows(adjoint=0.23, hedge=0.21, procrustes=0.17)  # at 74%
+    assert hedge_pick("adjoint", close, 0.8) == "hedge" and hedge_pick("adjoint", far, 0.8) == "adjoint"
+    assert hedge_pick("adjoint", far, 0.7) == "hedge" and hedge_pick("adjoint", far, 0.0) == "hedge"
+    assert hedge_pick("adjoint", rows(adjoint=0.23, hedge=0.19, procrustes=0.21), 0.8) == "adjoint"  # only it passes
+    assert hedge_pick("procrustes", rows(adjoint=0.19, hedge=0.19, procrustes=0.18), 0.8) == "hedge"  # none passes
+    assert hedge_pick("lambda_orth", {**close, **rows(lambda_orth=0.3)}, 0.8) == "lambda_orth"
+    assert hedge_pick("adjoint", rows(adjoint=0.23, procrustes=0.21), 0.8) == "adjoint"  # no hedge offered
+    why = hedge_declined("adjoint", far, 0.20, 0.8)
+    assert why["reason"] == "procrustes_far_below" and abs(why["procrustes_ratio"] - 0.17 / 0.23) < 1e-12
+    assert "74% of the adjoint's mAP@R" in why["note"]
+    assert hedge_declined("adjoint", rows(adjoint=0.23, hedge=0.19, procrustes=0.21), 0.20, 0.8)["reason"] == "ecc"
+    for bad in (-0.01, 1.5, float("nan"), "0.8", True):
+        with pytest.raises(ValueError, match="hedge_min_procrustes_ratio"):
+            create("auto", hedge_min_procrustes_ratio=bad)
+
+
+def test_auto_keeps_its_pick_when_procrustes_lies_below_the_required_share_of_the_adjoint() -> None:
+    """End to end on pairs where a new encoder sees the same categories with less noise: with the
+    default share the pick is hedged; asking for Procrustes at the adjoint's level (which it is not,
+    out-of-fold) keeps the pick, and the notes say why."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, size=900)
+    signal = rng.normal(size=(12, 24))[labels] + 0.5 * rng.normal(size=(900, 24))
+    old = (signal + 1.2 * rng.normal(size=(900, 24))).astype(np.float32)
+    new = ((signal + 0.3 * rng.normal(size=(900, 24))) @ rng.normal(size=(24, 32))).astype(np.float32)
+    closed = {"methods": ["procrustes", "affine", "adjoint"], "repeats": 1}
+    plain = create("auto", **closed).fit(old, new, labels, seed=0).notes
+    pick, scores = plain["hedged_from"], plain["candidates"]
+    assert pick in HEDGED_PICKS and plain["selected"] == "hedge" and plain["hedge_declined"] is None
+    assert 0.8 <= scores["procrustes"]["new/old"]["mAP@R"] / scores["adjoint"]["new/old"]["mAP@R"] < 1.0
+    guarded = create("auto", **closed, hedge_min_procrustes_ratio=1.0).fit(old, new, labels, seed=0).notes
+    assert guarded["selected"] == pick and guarded["hedged_from"] is None
+    declined = guarded["hedge_declined"]
+    assert declined["reason"] == "procrustes_far_below" and declined["min_procrustes_ratio"] == 1.0
+    assert "so blending them would drag the adjoint down" in declined["note"]
 
 
 def test_auto_chooses_the_baseline_when_the_evidence_for_a_richer_map_is_weak() -> None:

@@ -307,6 +307,7 @@ def test_bad_training_requests(client, upgraded) -> None:
     for body, field in [({"method": "nope"}, "method"), ({"method": "slerp"}, "method"),
                         ({"method": "affine", "params": {"colour": 1}}, "params"),
                         ({"method": "auto", "params": {"rank_by": "best"}}, "rank_by"),
+                        ({"method": "auto", "params": {"hedge_min_procrustes_ratio": 2}}, "hedge_min_procrustes_ratio"),
                         ({"method": "neighbour_memory", "params": {"k": 2.5}}, "params"),
                         ({"fit_near_gallery": 0}, "fit_near_gallery"), ({"fit_near_gallery": 101}, "fit_near_gallery"),
                         ({"fit_near_gallery": True}, "fit_near_gallery"),
@@ -371,6 +372,30 @@ def test_auto_through_the_service_shows_every_candidate_and_why_the_others_were_
     page = client.get(f"/dashboard/upgrades/{uid}")
     assert page.status_code == 200 and 'id="not-ranked"' in page.text and 'id="hedged-from"' in page.text
     assert "rank_distill (offered from 5,000" in page.text
+
+
+def test_auto_through_the_service_says_when_it_kept_its_pick_rather_than_the_hedge(client) -> None:
+    """The hedge's guard over HTTP: pairs where a new encoder sees the same categories with less noise
+    and a required share of the adjoint that Procrustes does not reach: the pick is served, and the
+    evaluation, the job log and the dashboard say why."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, size=900)
+    signal = rng.normal(size=(12, 24))[labels] + 0.5 * rng.normal(size=(900, 24))
+    old = (signal + 1.2 * rng.normal(size=(900, 24))).astype(np.float32)
+    new = ((signal + 0.3 * rng.normal(size=(900, 24))) @ rng.normal(size=(24, 32))).astype(np.float32)
+    ids = [f"s{i}" for i in range(900)]
+    v1, v2, coll = unique("v1"), unique("v2"), unique("g")
+    uid = lineage_with_gallery(client, (v1, v2, coll), old[:30], new[:30], ids[:30], labels[:30])
+    assert upload_pairs(client, uid, ids, old, new, [str(x) for x in labels]).status_code == 200
+    job = train(client, uid, "auto", params={"methods": ["procrustes", "affine", "adjoint"], "repeats": 1,
+                                             "hedge_min_procrustes_ratio": 1.0})
+    (t,) = client.get(f"/v1/upgrades/{uid}").json()["transformations"]
+    ev = t["evaluation"]
+    assert ev["selected"] in {"procrustes", "affine", "adjoint"} and ev["hedged_from"] is None
+    assert ev["hedge_declined"]["reason"] == "procrustes_far_below"
+    assert f"auto: serves {ev['selected']} itself, not the hedge: {ev['hedge_declined']['note']}" in job["log_tail"]
+    page = client.get(f"/dashboard/upgrades/{uid}")
+    assert page.status_code == 200 and 'id="hedge-declined"' in page.text and 'id="hedged-from"' not in page.text
 
 
 def test_a_method_that_needs_labels_is_refused_on_unlabelled_pairs(client) -> None:

@@ -48,7 +48,12 @@ ridge swap places between known and new ones), and the out-of-fold evidence cann
 three development sets (120 runs of ~2k pairs, bench.hedge_replay) the hedge alone ended more than
 .005 below the better baseline in 5 runs against 9 (of 112) for the choice, with more gain. Its
 out-of-fold row is the blend of its parts' rows (no extra fit) and is shown beside the others;
-`hedged_from` names the pick. Not with `rank_by` "seen"/"unseen" (the caller knows the categories)
+`hedged_from` names the pick. The pick is kept (`hedge_declined` says why) when out-of-fold
+Procrustes scores below `hedge_min_procrustes_ratio` (0.8) of the adjoint: the blend's weaker half
+then drags the adjoint down -- on minilm -> e5 the hedge failed the ECC on held-out pairs where the
+adjoint passed. 0.8 was chosen on the development sets (bench.hedge_guard: ECC misses 9 -> 3 of 100
+runs, losses unchanged); a guard on the hedge's own out-of-fold ECC margin did not help there.
+Not with `rank_by` "seen"/"unseen" (the caller knows the categories)
 or `hedge_closed_forms=False`; not from ~16k pairs, where the hedge lost top-1 to ridge on
 mpnet -> minilm on both development splits of bench.label_free.
 
@@ -347,12 +352,43 @@ def add_hedge(oof: OutOfFold, adjoint_share: float) -> None:
         oof.fit_seconds["hedge"] = oof.fit_seconds["adjoint"] + oof.fit_seconds["procrustes"]
 
 
-def hedge_pick(pick: str, results: dict[str, dict[str, Any]]) -> str:
-    """A closed-form pick is served as the hedge -- unless the pick passes the ECC out-of-fold and the
-    hedge does not. Trained and memory picks stay: they won on evidence the hedge does not replace."""
+def ecc_margin(row: dict[str, Any], old_old: float) -> float:
+    """How far a candidate's out-of-fold new/old clears old/old, as a share of old/old (ECC metric)."""
+    return (row["new/old"][PRIMARY] - old_old) / old_old if old_old > 0 else float("inf")
+
+
+def procrustes_ratio(results: dict[str, dict[str, Any]]) -> float:
+    """Procrustes' out-of-fold score over the adjoint's: how far the hedge's weaker half lies below."""
+    adjoint = results["adjoint"]["new/old"][PRIMARY]
+    return results["procrustes"]["new/old"][PRIMARY] / adjoint if adjoint > 0 else float("inf")
+
+
+def hedge_pick(pick: str, results: dict[str, dict[str, Any]], min_procrustes_ratio: float = 0.0) -> str:
+    """A closed-form pick is served as the hedge -- unless Procrustes scores below `min_procrustes_ratio`
+    of the adjoint out-of-fold (the blend would drag the adjoint down: on pairs like minilm -> e5 the
+    hedge failed the ECC on held-out pairs where the adjoint passed), or the pick passes the ECC
+    out-of-fold and the hedge does not. Trained and memory picks stay: they won on evidence the
+    hedge does not replace."""
     if pick not in HEDGED_PICKS or "hedge" not in results:
         return pick
+    if procrustes_ratio(results) < min_procrustes_ratio:
+        return pick
     return "hedge" if results["hedge"]["ecc"] or not results[pick]["ecc"] else pick
+
+
+def hedge_declined(pick: str, results: dict[str, dict[str, Any]], old_old: float, min_ratio: float) -> dict:
+    """Why a closed-form pick is served as itself although the hedge was scored (for the operator)."""
+    ratio = procrustes_ratio(results)
+    pick_margin, hedge_margin = ecc_margin(results[pick], old_old), ecc_margin(results["hedge"], old_old)
+    if ratio < min_ratio:
+        reason, note = "procrustes_far_below", (
+            f"out-of-fold Procrustes scored {ratio:.0%} of the adjoint's mAP@R (the hedge needs {min_ratio:.0%}), "
+            "so blending them would drag the adjoint down")
+    else:
+        reason, note = "ecc", (f"out-of-fold {pick} passes the ECC ({pick_margin:+.1%} over old/old's mAP@R) "
+                               f"and the hedge does not ({hedge_margin:+.1%})")
+    return {"reason": reason, "note": note, "procrustes_ratio": ratio, "min_procrustes_ratio": min_ratio,
+            "pick_margin": pick_margin, "hedge_margin": hedge_margin}
 
 
 @register_method()
@@ -364,13 +400,17 @@ class Auto(Adapter):
         super().__init__(**params)
         if self.params["rank_by"] not in RANK_BY:  # at creation, so a bad request fails before any work
             raise ValueError(f"auto: rank_by must be one of {', '.join(RANK_BY)}, got {self.params['rank_by']!r}")
+        ratio = self.params["hedge_min_procrustes_ratio"]
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            raise ValueError(f"auto: hedge_min_procrustes_ratio must be a number from 0 to 1 (Procrustes' "
+                             f"out-of-fold mAP@R over the adjoint's), got {ratio!r}")
 
     @classmethod
     def default_params(cls) -> dict:
         return {"methods": candidates(), "folds": 3, "min_eval_items": 2_000, "max_eval_items": 5_000,
                 "repeats": 3, "rank_by": "worse_gain", "method_params": {}, "screen": True,
                 "trained_max_steps": 600, "trained_min_pairs": None, "safety_z": 1.0, "tolerance": 0.005,
-                "hedge_closed_forms": True, "hedge_max_pairs": 5_000}
+                "hedge_closed_forms": True, "hedge_max_pairs": 5_000, "hedge_min_procrustes_ratio": 0.8}
 
     def _fitting_pairs(self, n_pairs: int) -> int:
         """How many pairs each out-of-fold fit sees (all but one fold): what the size gates compare."""
@@ -436,7 +476,11 @@ class Auto(Adapter):
             results[name]["rank_score"] = score
             results[name]["support"] = supported[name]
         picked = choose_supported(results, ranking, supported)
-        chosen = hedge_pick(picked, results) if hedging else picked
+        min_ratio = float(self.params["hedge_min_procrustes_ratio"])
+        chosen = hedge_pick(picked, results, min_ratio) if hedging else picked
+        declined = None
+        if hedging and chosen == picked and picked in HEDGED_PICKS and "hedge" in results:
+            declined = hedge_declined(picked, results, scores.rows["old/old"][PRIMARY], min_ratio)
         best_ranked = max(results, key=ranking.get)
         progress(0.75, f"auto: refitting {chosen} on all pairs")
         self.chosen = create(chosen, **method_params(chosen, self.params))  # as it was scored
@@ -449,7 +493,7 @@ class Auto(Adapter):
             notes={"selected": chosen, "selected_passes_ecc": bool(results[chosen]["ecc"]),
                    "best_ranked": best_ranked, "reference_baseline": reference,
                    "baseline_for_weak_evidence": picked != best_ranked and picked in baselines(),
-                   "hedged_from": picked if chosen != picked else None,
+                   "hedged_from": picked if chosen != picked else None, "hedge_declined": declined,
                    "holdout_rows": scores.rows, "candidates": results, "holdout_size": len(oof.pool),
                    "holdout_unseen": int(oof.unseen.sum()), "selection_repeats": repeats,
                    "not_ranked": not_ranked_out,

@@ -131,7 +131,7 @@ def build_report(data: dict[str, Any], method: str, seed: int, progress,
         notes = auto.report.notes
         selection = {k: notes[k] for k in ("selected_passes_ecc", "holdout_size", "holdout_unseen",
                                             "holdout_relevance", "selection_repeats", "rank_by", "best_ranked",
-                                            "reference_baseline", "not_ranked", "hedged_from")}
+                                            "reference_baseline", "not_ranked", "hedged_from", "hedge_declined")}
         selection["auto_fit_seconds"] = auto.report.fit_seconds  # candidates out-of-fold + the refit
         selection["holdout_candidates"] = {
             name: {k: r[k] for k in ("new/old", "ecc", "rank_score", "unseen_mAP@R", "seen_mAP@R",

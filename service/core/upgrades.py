@@ -231,6 +231,8 @@ class Upgrades:
             ctx.log(f"auto: picked {ev['hedged_from']}, a closed form, and serves it as the hedge (the adjoint's "
                     "and Procrustes' queries blended): the training pairs cannot show whether the gallery's "
                     "categories are new, which decides between them")
+        if ev.get("hedge_declined"):
+            ctx.log(f"auto: serves {ev['selected']} itself, not the hedge: {ev['hedge_declined']['note']}")
         if ev.get("stayed_at_start"):
             ctx.log(f"{ev['selected']} stayed at start: no training step improved on its initialisation, so it "
                     "is that initialisation (e.g. Procrustes) under another name")
