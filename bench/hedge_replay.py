@@ -61,6 +61,17 @@ def score(queries: np.ndarray, test: EvalSet) -> dict[str, float]:
     return {"top1": float(m["top1"]), "mAP@R": float(m["mAP@R"])}
 
 
+def out_of_fold_evidence(notes: dict) -> dict:
+    """What auto saw out-of-fold for the closed forms and the hedge: each one's new/old top-1 and
+    mAP@R, the pool's old/old and the pick -- the rows bench.hedge_guard replays its guards on."""
+    metrics = ("top1", "mAP@R")
+    return {"old/old": {m: notes["holdout_rows"]["old/old"][m] for m in metrics},
+            "picked": notes["hedged_from"] or notes["selected"],
+            "candidates": {name: {m: row["new/old"][m] for m in metrics}
+                           for name, row in notes["candidates"].items()
+                           if name in ("procrustes", "affine", "adjoint", "hedge")}}
+
+
 def run_set(spec: str, pairs: list[str], seeds: list[int], log, with_auto: bool = False) -> list[dict]:
     dataset, items, draw = parse_set(spec)
     vectors, labels = load_wordnet(dataset, items, draw=draw)
@@ -97,7 +108,8 @@ def run_set(spec: str, pairs: list[str], seeds: list[int], log, with_auto: bool 
                         current = create("auto")
                         notes = current.fit(vectors[old][train], vectors[new][train], fit_labels, seed=seed).notes
                         now = {**score(current.transform(test.new), test), "selected": notes["selected"],
-                               "hedged_from": notes["hedged_from"], "fit_seconds": current.report.fit_seconds}
+                               "hedged_from": notes["hedged_from"], "fit_seconds": current.report.fit_seconds,
+                               "out_of_fold": out_of_fold_evidence(notes)}
                     report = stored.get((pair, split, seed, mode))
                     auto = None
                     if report is not None:
