@@ -49,3 +49,14 @@ def wait_until_trained(client: httpx.Client, collection: str, backend: str) -> N
             return
         assert time.monotonic() < deadline, f"IVF training did not finish: {part}"
         time.sleep(0.05)
+
+
+def less_noisy_successor(n: int = 900, classes: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(old, new, labels): a new encoder that sees the same categories as the old one with less noise
+    (and in another basis, another dimension) -- pairs on which the closed-form maps pass the ECC."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    signal = rng.normal(size=(classes, 24))[labels] + 0.5 * rng.normal(size=(n, 24))
+    old = (signal + 1.2 * rng.normal(size=(n, 24))).astype(np.float32)
+    new = ((signal + 0.3 * rng.normal(size=(n, 24))) @ rng.normal(size=(24, 32))).astype(np.float32)
+    return old, new, labels

@@ -11,6 +11,7 @@ from adapters import METHODS, create, load
 from adapters.evaluate import EvalSet, baseline_rows, method_row
 from adapters.methods.auto import HEDGED_PICKS
 from adapters.methods.procrustes import Procrustes
+from tests.helpers import less_noisy_successor
 
 DATA = Path(__file__).parent / "data" / "wordnet_subset.npz"
 FAST = {"max_steps": 40, "min_steps": 20, "eval_every": 10, "patience": 3}
@@ -323,11 +324,7 @@ def test_auto_keeps_its_pick_when_procrustes_lies_below_the_required_share_of_th
     """End to end on pairs where a new encoder sees the same categories with less noise: with the
     default share the pick is hedged; asking for Procrustes at the adjoint's level (which it is not,
     out-of-fold) keeps the pick, and the notes say why."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 12, size=900)
-    signal = rng.normal(size=(12, 24))[labels] + 0.5 * rng.normal(size=(900, 24))
-    old = (signal + 1.2 * rng.normal(size=(900, 24))).astype(np.float32)
-    new = ((signal + 0.3 * rng.normal(size=(900, 24))) @ rng.normal(size=(24, 32))).astype(np.float32)
+    old, new, labels = less_noisy_successor()
     closed = {"methods": ["procrustes", "affine", "adjoint"], "repeats": 1}
     plain = create("auto", **closed).fit(old, new, labels, seed=0).notes
     pick, scores = plain["hedged_from"], plain["candidates"]

@@ -12,7 +12,7 @@ from adapters.backfill_order import routed_hits
 from adapters.bundle import UpgradeBundle
 from adapters.vectors import normalize
 from tests.conftest import unique
-from tests.helpers import b64, make_model, upsert, wait_until_trained
+from tests.helpers import b64, less_noisy_successor, make_model, upsert, wait_until_trained
 from tests.upgrade_helpers import (
     lineage_with_gallery,
     map_at_r,
@@ -378,11 +378,7 @@ def test_auto_through_the_service_says_when_it_kept_its_pick_rather_than_the_hed
     """The hedge's guard over HTTP: pairs where a new encoder sees the same categories with less noise
     and a required share of the adjoint that Procrustes does not reach: the pick is served, and the
     evaluation, the job log and the dashboard say why."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 12, size=900)
-    signal = rng.normal(size=(12, 24))[labels] + 0.5 * rng.normal(size=(900, 24))
-    old = (signal + 1.2 * rng.normal(size=(900, 24))).astype(np.float32)
-    new = ((signal + 0.3 * rng.normal(size=(900, 24))) @ rng.normal(size=(24, 32))).astype(np.float32)
+    old, new, labels = less_noisy_successor()
     ids = [f"s{i}" for i in range(900)]
     v1, v2, coll = unique("v1"), unique("v2"), unique("g")
     uid = lineage_with_gallery(client, (v1, v2, coll), old[:30], new[:30], ids[:30], labels[:30])
