@@ -30,6 +30,7 @@ import numpy as np
 
 from adapters.evaluate import PRIMARY
 from adapters.methods.auto import ecc_margin, hedge_pick
+from adapters.metrics import passes_ecc
 from bench.compat import RESULTS
 from bench.hedge_replay import TOLERANCE, ecc_misses, versus_baselines
 
@@ -41,7 +42,7 @@ MARGINS = (0.01, 0.02, 0.05, 0.1)  # the hedge's out-of-fold ECC margin, a share
 def rows_of(evidence: dict) -> dict[str, dict]:
     """auto's out-of-fold rows, rebuilt from the recorded evidence."""
     old_old = evidence["old/old"][PRIMARY]
-    return {name: {"new/old": values, "ecc": values[PRIMARY] > old_old}
+    return {name: {"new/old": values, "ecc": passes_ecc(values[PRIMARY], old_old)}
             for name, values in evidence["candidates"].items()}
 
 

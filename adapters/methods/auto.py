@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.base import Adapter, FitReport, ProgressFn
+from adapters.base import Adapter, FitReport, ProgressFn, is_share
 from adapters.evaluate import PRIMARY, EvalSet, baseline_rows, cross_row, queries_row
 from adapters.methods.hedge import hedged
 from adapters.metrics import cluster_labels, map_at_r, per_query_quality
@@ -401,7 +401,7 @@ class Auto(Adapter):
         if self.params["rank_by"] not in RANK_BY:  # at creation, so a bad request fails before any work
             raise ValueError(f"auto: rank_by must be one of {', '.join(RANK_BY)}, got {self.params['rank_by']!r}")
         ratio = self.params["hedge_min_procrustes_ratio"]
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        if not is_share(ratio):
             raise ValueError(f"auto: hedge_min_procrustes_ratio must be a number from 0 to 1 (Procrustes' "
                              f"out-of-fold mAP@R over the adjoint's), got {ratio!r}")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters.base import Adapter, FitReport, ProgressFn
+from adapters.base import Adapter, FitReport, ProgressFn, is_share
 from adapters.methods.adjoint import Adjoint
 from adapters.methods.procrustes import Procrustes
 from adapters.registry import register_method
@@ -52,7 +52,7 @@ class Hedge(Adapter):
     def __init__(self, **params) -> None:
         super().__init__(**params)
         share = self.params["adjoint_share"]
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        if not is_share(share):
             raise ValueError(f"hedge: adjoint_share must be a number in [0, 1], got {share!r}")
         for part in PARTS:
             if not isinstance(self.params[f"{part}_params"], dict):
