@@ -20,6 +20,11 @@ WordNet-20k definitions (disjoint from WordNet-4k, natural category sizes rather
 category): a second labelled set on which to confirm choices made while looking at WordNet-4k.
 It writes bench/results/compat_wordnet-20k.{json,md}; `--draw k` takes the k-th sample disjoint
 from the earlier ones (a fresh confirmation set) and writes compat_wordnet-20k_draw<k>.{json,md}.
+
+compat.json and the other stored runs hold auto's out-of-fold evidence from before the hedge, which
+bench.select_replay and bench.hedge_replay replay; a rerun with auto as it is now goes to its own
+file (`--out bench/results/compat_hedge.json`), where the `auto` column is what auto serves ("hedge of
+adjoint": its closed-form pick served as the hedge) and the `hedge` column the hedge fitted directly.
 """
 
 from __future__ import annotations
@@ -170,6 +175,12 @@ def run(pairs: list[str], seeds: list[int], log, modes: tuple[str, ...] = MODES,
     return runs
 
 
+def served_label(report: dict) -> str:
+    """What auto served in one run: its method, or "hedge of <pick>" when it served its pick as the hedge."""
+    source = report.get("selection", {}).get("hedged_from")
+    return f"hedge of {source}" if report["selected"] == "hedge" and source else report["selected"]
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     """Mean over seeds per (pair, split, mode)."""
     groups: dict[tuple, list[dict]] = {}
@@ -214,7 +225,7 @@ def summarise(runs: list[dict]) -> list[dict]:
             "top1": mean(lambda rep: rep["methods"][rep["selected"]]["new/old"]["top1"]),
             "mAP@R": mean(lambda rep: rep["methods"][rep["selected"]]["new/old"]["mAP@R"]),
             "ecc_rate": mean(lambda rep: float(rep["methods"][rep["selected"]]["ecc"])),
-            "selected": [rep["selected"] for rep in reports],
+            "selected": [served_label(rep) for rep in reports],
         }
         best = {m: max(row["methods"][b][m] for b in baselines()) for m in ("top1", "mAP@R")}
         row["best_baseline"] = best

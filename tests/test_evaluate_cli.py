@@ -84,6 +84,20 @@ def test_label_free_report_has_recall_and_mrr(files) -> None:
     assert {"recall@1", "recall@10", "MRR"} <= set(report["methods"]["procrustes"]["new/old"])
 
 
+def test_auto_reports_the_transformation_it_serves_even_when_it_is_the_hedge(files) -> None:
+    """auto serves a closed-form pick on few pairs as `hedge`, which is no candidate of its own: the
+    report must still carry the served map's row (the exit code and the summary line read it)."""
+    out = files["dir"] / "auto.json"
+    result = runner.invoke(app, args(files, **{"--labels-train": None}) + ["--method", "auto", "--json", str(out)])
+    assert result.exit_code in (0, 3), result.output
+    report = json.loads(out.read_text())
+    assert report["selected"] == "hedge", report["selection"]  # 240 pairs: below auto's hedge_max_pairs
+    assert report["selection"]["hedged_from"] in ("procrustes", "affine", "adjoint")
+    assert {"procrustes", "adjoint", "hedge"} <= set(report["methods"])
+    assert "new/old hedge *" in result.output and "selected: hedge" in result.output
+    assert result.exit_code == (0 if report["methods"]["hedge"]["ecc"] else 3)
+
+
 def test_incompatible_upgrade_exits_3(files) -> None:
     """A 'new model' that is pure noise cannot be made compatible; the report still prints."""
     result = runner.invoke(app, args(files, **{"--new-train": "noise_train", "--new-test": "noise_test"})

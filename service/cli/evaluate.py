@@ -103,7 +103,10 @@ def build_report(data: dict[str, Any], method: str, seed: int, progress,
         raise BadInput(f"--method: unknown method {method!r}; choose from {', '.join(METHODS)}")
     test = EvalSet(data["old_test"], data["new_test"], data["labels_test"])
     rows = baseline_rows(test)
-    names = [*candidates(), *(m for m, spec in METHODS.items() if not spec.servable)] if method == "auto" else [method]
+    # auto: every candidate, the hedge (what auto serves for a closed-form pick on few pairs) and the
+    # methods it never picks (slerp), each fitted directly, so the report shows what auto did not choose
+    names = ([*candidates(), "hedge", *(m for m, spec in METHODS.items() if not spec.servable)]
+             if method == "auto" else [method])
     if data["labels_train"] is None:  # e.g. oca: no objective without labels (it refuses to fit)
         names = [n for n in names if n == method or not METHODS[n].cls.needs_labels]
     methods: dict[str, dict[str, Any]] = {}
@@ -128,6 +131,8 @@ def build_report(data: dict[str, Any], method: str, seed: int, progress,
         auto = fit("auto")
         selected = auto.report.notes["selected"]
         fitted[selected] = auto.chosen
+        if selected not in names:  # whatever auto serves gets its row: the exit code and summary read it
+            names.append(selected)
         notes = auto.report.notes
         selection = {k: notes[k] for k in ("selected_passes_ecc", "holdout_size", "holdout_unseen",
                                             "holdout_relevance", "selection_repeats", "rank_by", "best_ranked",
