@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adapters import baselines
 from adapters.evaluate import PRIMARY
 from adapters.methods.auto import Auto, ecc_margin, hedge_pick
 from adapters.metrics import passes_ecc
@@ -115,7 +116,7 @@ def rows_above_baselines(runs: list[dict], ratio: float) -> dict[str, dict[str, 
     for (spec, *_), group in groups.items():
         served = [served_result(r, ratio_guard(r["auto_now"]["out_of_fold"], ratio)) for r in group]
         above = all(np.mean([s[m] for s in served]) > max(np.mean([r["maps"][b][m] for r in group])
-                                                          for b in ("procrustes", "affine"))
+                                                          for b in baselines())
                     for m in ("top1", "mAP@R"))
         counts = out.setdefault(spec, {"rows": 0, "above": 0})
         counts["rows"] += 1

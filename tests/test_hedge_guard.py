@@ -48,17 +48,15 @@ def test_a_replay_that_does_not_reproduce_what_auto_served_is_refused() -> None:
 def test_rows_above_the_baselines_count_what_auto_serves_now_mean_of_seeds() -> None:
     """The compat tables' "auto > baselines" column, from the replays: a row counts when what auto serves
     is above both baselines on both metrics, seeds averaged."""
-    def with_top1(run: dict, **top1: float) -> dict:
-        maps = {name: {**row, "top1": top1.get(name.replace(".", "_").replace("+", "_"), row["top1"])}
-                for name, row in run["maps"].items()}
-        return {**run, "maps": maps}
+    def with_adjoint_top1(run: dict, top1: float) -> dict:
+        return {**run, "maps": {**run["maps"], "adjoint": {**run["maps"]["adjoint"], "top1": top1}}}
 
     # the adjoint (served where the guard declines the hedge) is above on top-1 too; the hedge ties Procrustes
-    run = with_top1(FAR, adjoint=0.56)
+    run = with_adjoint_top1(FAR, 0.56)
     second_seed = {**run, "seed": 1}
     assert rows_above_baselines([run, second_seed], 0.8) == {"s": {"rows": 1, "above": 1}}
     assert rows_above_baselines([run, second_seed], 0.0) == {"s": {"rows": 1, "above": 0}}  # the hedge served
     # averaged over seeds: a second seed far below on top-1 pulls the row under the baselines
-    low = {**with_top1(FAR, adjoint=0.40), "seed": 1}
+    low = {**with_adjoint_top1(FAR, 0.40), "seed": 1}
     assert rows_above_baselines([run, low], 0.8) == {"s": {"rows": 1, "above": 0}}
     assert rows_above_baselines([run, {**run, "split": "class-disjoint"}], 0.8) == {"s": {"rows": 2, "above": 2}}
