@@ -29,6 +29,7 @@ from adapters.vectors import as_matrix, check_pairs
 ProgressFn = Callable[[float, str], None]
 """progress(fraction in [0, 1], message) -- called during fitting; must be cheap."""
 
+
 def is_share(value: Any) -> bool:
     """A real number in [0, 1] -- and not a bool, which JSON's `true` would otherwise pass as 1."""
     return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value <= 1

@@ -32,6 +32,7 @@ import numpy as np
 
 from adapters import create
 from adapters.evaluate import EvalSet
+from adapters.methods.auto import HEDGED_PICKS
 from adapters.methods.hedge import hedged
 from adapters.metrics import passes_ecc
 from bench.compat import MODES, PAIRS, RESULTS, class_disjoint, load_wordnet, stratified_half
@@ -69,7 +70,7 @@ def out_of_fold_evidence(notes: dict) -> dict:
             "picked": notes["hedged_from"] or notes["selected"],
             "candidates": {name: {m: row["new/old"][m] for m in metrics}
                            for name, row in notes["candidates"].items()
-                           if name in ("procrustes", "affine", "adjoint", "hedge")}}
+                           if name in (*HEDGED_PICKS, "hedge")}}
 
 
 def run_set(spec: str, pairs: list[str], seeds: list[int], log, with_auto: bool = False) -> list[dict]:

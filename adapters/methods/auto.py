@@ -363,13 +363,18 @@ def procrustes_ratio(results: dict[str, dict[str, Any]]) -> float:
     return results["procrustes"]["new/old"][PRIMARY] / adjoint if adjoint > 0 else float("inf")
 
 
+def hedge_applies(pick: str, results: dict[str, dict[str, Any]]) -> bool:
+    """Whether the hedge is an option for this pick at all: a closed form, with the hedge scored."""
+    return pick in HEDGED_PICKS and "hedge" in results
+
+
 def hedge_pick(pick: str, results: dict[str, dict[str, Any]], min_procrustes_ratio: float = 0.0) -> str:
     """A closed-form pick is served as the hedge -- unless Procrustes scores below `min_procrustes_ratio`
     of the adjoint out-of-fold (the blend would drag the adjoint down: on pairs like minilm -> e5 the
     hedge failed the ECC on held-out pairs where the adjoint passed), or the pick passes the ECC
     out-of-fold and the hedge does not. Trained and memory picks stay: they won on evidence the
     hedge does not replace."""
-    if pick not in HEDGED_PICKS or "hedge" not in results:
+    if not hedge_applies(pick, results):
         return pick
     if procrustes_ratio(results) < min_procrustes_ratio:
         return pick
@@ -479,7 +484,7 @@ class Auto(Adapter):
         min_ratio = float(self.params["hedge_min_procrustes_ratio"])
         chosen = hedge_pick(picked, results, min_ratio) if hedging else picked
         declined = None
-        if hedging and chosen == picked and picked in HEDGED_PICKS and "hedge" in results:
+        if hedging and chosen == picked and hedge_applies(picked, results):
             declined = hedge_declined(picked, results, scores.rows["old/old"][PRIMARY], min_ratio)
         best_ranked = max(results, key=ranking.get)
         progress(0.75, f"auto: refitting {chosen} on all pairs")
